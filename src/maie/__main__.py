@@ -1,0 +1,3 @@
+from maie.cli import app
+
+app()

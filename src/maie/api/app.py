@@ -1,0 +1,66 @@
+"""The app factory: ``create_app(settings)`` with a lifespan that owns the Redis clients and the webhook sender."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import redis.asyncio as redis_async
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from maie import __version__
+from maie.api.auth import configured_keys
+from maie.api.errors import install_error_handlers
+from maie.api.routers import health, models, process, tasks, templates
+from maie.config import Settings, get_settings
+from maie.jobs.queue import connect, get_queue
+from maie.jobs.store import TaskStore
+from maie.templates import TemplateStore
+from maie.webhooks import run_deliverer
+
+log = logging.getLogger(__name__)
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    stop = asyncio.Event()
+    deliverer = asyncio.create_task(run_deliverer(app.state.store, settings, stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await deliverer
+        await app.state.redis_async.aclose()
+        app.state.redis.close()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    if not settings.redis_url:
+        raise RuntimeError("create_app needs settings.redis_url (maie serve sets it for the embedded Redis)")
+    app = FastAPI(
+        title="MAIE",
+        version=__version__,
+        summary="Modular Audio Intelligence Engine: transcripts, clean transcripts and structured summaries",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.api_keys = configured_keys(settings)
+    app.state.redis = connect(settings.redis_url)
+    app.state.redis_async = redis_async.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+    app.state.store = TaskStore(app.state.redis)
+    app.state.queue = get_queue(app.state.redis)
+    app.state.templates = TemplateStore(settings)
+    install_error_handlers(app)
+    for module in (health, process, tasks, templates, models):
+        app.include_router(module.router)
+    if (WEB_DIR / "index.html").exists():
+        app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")
+    return app

@@ -1,0 +1,131 @@
+"""Submissions: ``POST /v1/process`` (streamed audio upload) and ``POST /v1/process_text``."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import uuid
+from pathlib import Path
+
+import av
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
+
+from maie.api.deps import ApiKeyDep, QueueDep, SettingsDep, StoreDep
+from maie.api.options import check_options, parse_features, parse_options
+from maie.api.uploads import check_content_length, receive_form
+from maie.config import Settings
+from maie.errors import ErrorCode, MaieError
+from maie.jobs import queue as jobs
+from maie.jobs.store import TaskStore
+from maie.schemas import Accepted, Feature, TaskOptions, TaskStatus
+
+router = APIRouter(prefix="/v1", tags=["process"])
+
+FIELD_SLACK_BYTES = 1024 * 1024
+"""Room for the text fields and multipart framing on top of the file size limit."""
+
+
+def check_capacity(queue: jobs.Queue, settings: Settings) -> None:
+    if jobs.depth(queue) >= settings.max_queue_depth:
+        raise MaieError(
+            ErrorCode.QUEUE_FULL,
+            f"the queue is full ({settings.max_queue_depth} tasks); retry later",
+            headers={"Retry-After": "30"},
+        )
+
+
+def check_disk(settings: Settings, incoming_bytes: int) -> None:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(settings.data_dir).free
+    if free - incoming_bytes < settings.disk_floor_mb * 1024 * 1024:
+        raise MaieError(ErrorCode.INSUFFICIENT_STORAGE, "not enough free disk space to accept this upload")
+
+
+def check_template(request: Request, template_id: str | None) -> None:
+    if template_id is not None:
+        request.app.state.templates.get(template_id)  # raises TEMPLATE_NOT_FOUND
+
+
+def probe_duration(path: Path) -> float | None:
+    """Declared duration from the container header (cheap: no decoding). Non-audio is refused here."""
+    try:
+        with av.open(str(path), metadata_errors="ignore") as container:
+            if not container.streams.audio:
+                raise MaieError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, "the file has no audio stream")
+            if container.duration is not None:
+                return container.duration / 1_000_000
+            stream = container.streams.audio[0]
+            if stream.duration is not None and stream.time_base is not None:
+                return float(stream.duration * stream.time_base)
+            return None
+    except av.error.FFmpegError as exc:
+        raise MaieError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, f"not a readable audio file: {exc}") from None
+
+
+def submit(store: TaskStore, queue: jobs.Queue, settings: Settings, task_id: str, options: TaskOptions, *,
+           audio_path: Path | None = None, filename: str | None = None,
+           duration_s: float | None = None) -> None:  # fmt: skip
+    store.create(task_id, options=options.model_dump(mode="json", exclude_none=True), filename=filename,
+                 audio_path=str(audio_path) if audio_path else None)  # fmt: skip
+    if duration_s is not None:
+        store.update(task_id, metrics={"declared_duration_s": round(duration_s, 3)})
+    jobs.enqueue(queue, task_id, timeout_s=jobs.job_timeout_s(settings, duration_s))
+
+
+@router.post("/process", status_code=202, response_model=Accepted, summary="Upload audio and start a task")
+async def process(
+    request: Request, _: ApiKeyDep, settings: SettingsDep, store: StoreDep, queue: QueueDep
+) -> Accepted:
+    """Multipart form: option fields first, then ``file``. The file is streamed to disk as it arrives;
+    fields sent before the file are validated before any audio byte is read."""
+    check_content_length(request, settings.max_upload_bytes + FIELD_SLACK_BYTES)
+    await asyncio.to_thread(check_capacity, queue, settings)
+    check_disk(settings, int(request.headers.get("content-length") or 0))
+    task_id = str(uuid.uuid4())
+    task_dir = settings.audio_dir / task_id
+    options: TaskOptions | None = None
+
+    async def before_file(fields: dict[str, list[str]]) -> None:
+        nonlocal options
+        options = parse_options(fields, settings)
+        check_template(request, options.template_id)
+
+    form = await receive_form(
+        request, dest_dir=task_dir, max_file_bytes=settings.max_upload_bytes, before_file=before_file
+    )
+    try:
+        assert options is not None and form.file is not None
+        duration = await asyncio.to_thread(probe_duration, form.file.path)
+        await asyncio.to_thread(
+            submit, store, queue, settings, task_id, options,
+            audio_path=form.file.path, filename=form.file.filename, duration_s=duration,
+        )  # fmt: skip
+    except BaseException:
+        shutil.rmtree(task_dir, ignore_errors=True)
+        await asyncio.to_thread(store.delete, task_id)
+        raise
+    return Accepted(task_id=task_id, status=TaskStatus.PENDING, status_url=f"/v1/status/{task_id}")
+
+
+class TextRequest(BaseModel):
+    text: str = Field(min_length=1, max_length=2_000_000)
+    features: list[str] = Field(default_factory=lambda: [Feature.CLEAN_TRANSCRIPT.value, Feature.SUMMARY.value])
+    template_id: str | None = None
+    callback_url: str | None = None
+
+
+@router.post("/process_text", status_code=202, response_model=Accepted, summary="Run the LLM stages on text")
+def process_text(
+    body: TextRequest, request: Request, _: ApiKeyDep, settings: SettingsDep, store: StoreDep, queue: QueueDep
+) -> Accepted:
+    check_capacity(queue, settings)
+    options = TaskOptions(
+        features=parse_features(body.features), template_id=body.template_id, text=body.text,
+        callback_url=body.callback_url,
+    )  # fmt: skip
+    options = check_options(options, settings)
+    check_template(request, options.template_id)
+    task_id = str(uuid.uuid4())
+    submit(store, queue, settings, task_id, options)
+    return Accepted(task_id=task_id, status=TaskStatus.PENDING, status_url=f"/v1/status/{task_id}")

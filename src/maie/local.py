@@ -1,0 +1,95 @@
+"""``maie process``: the same pipeline, in this process, with a progress bar per stage."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from maie.api.options import check_options, parse_features
+from maie.config import Settings
+from maie.errors import MaieError
+from maie.exports import render_transcript
+from maie.pipeline.context import TaskContext
+from maie.pipeline.registry import ModelRegistry
+from maie.pipeline.run import run_pipeline
+from maie.schemas import Segment, TaskOptions, TaskStatus
+
+
+class StageBars:
+    """One tqdm bar per stage, counted in audio seconds once the duration is known."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.bar: tqdm | None = None
+        self.stage: TaskStatus | None = None
+        self.ctx: TaskContext | None = None
+
+    def __call__(self, stage: TaskStatus, fraction: float) -> None:
+        if stage != self.stage:
+            self.close()
+            audio = self.ctx.audio if self.ctx else None
+            total = round(audio.duration_s, 1) if audio is not None else 100.0
+            unit = "s" if audio is not None else "%"
+            self.bar = tqdm(total=total, desc=f"{self.name}: {stage.value.lower()}", unit=unit,
+                            leave=False, file=sys.stderr, bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f}{unit}")  # fmt: skip
+            self.stage = stage
+        assert self.bar is not None
+        self.bar.n = round(min(max(fraction, 0.0), 1.0) * self.bar.total, 1)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.n = self.bar.total
+            self.bar.close()
+            self.bar = None
+
+
+def process_files(settings: Settings, files: list[Path], *, features: str, fmt: str, output_dir: Path | None,
+                  template_id: str | None, language: str | None, word_timestamps: bool,
+                  diarize: bool) -> int:  # fmt: skip
+    """Returns the exit code: 0 when every file succeeded, 1 otherwise."""
+    models = ModelRegistry()
+    options = check_options(
+        TaskOptions(features=parse_features([features]), template_id=template_id, language=language,
+                    word_timestamps=word_timestamps, enable_diarization=diarize),
+        settings,
+    )  # fmt: skip
+    failures = 0
+    for path in files:
+        bars = StageBars(path.name)
+        ctx = TaskContext(task_id=path.stem, options=options.model_copy(deep=True), settings=settings,
+                          models=models, audio_path=path, report=bars)  # fmt: skip
+        bars.ctx = ctx
+        try:
+            result = run_pipeline(ctx)
+        except MaieError as exc:
+            bars.close()
+            print(f"{path}: {exc.code.value}: {exc.message}", file=sys.stderr)
+            failures += 1
+            continue
+        bars.close()
+        for warning in result.warnings:
+            print(f"{path}: warning {warning.code}: {warning.message}", file=sys.stderr)
+        results = result.results
+        if fmt == "json":
+            body = json.dumps({"file": str(path), "results": results, "metrics": result.metrics,
+                               "versions": result.versions}, ensure_ascii=False, indent=2)  # fmt: skip
+        else:
+            segments = [Segment.model_validate(s) for s in results.get("segments", [])]
+            body, _ = render_transcript(
+                segments, fmt, language=results.get("language"), title=path.name,
+                summary=results.get("summary"), clean_transcript=results.get("clean_transcript"),
+            )  # fmt: skip
+        if output_dir is None:
+            sys.stdout.write(body if body.endswith("\n") else body + "\n")
+        else:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            out = output_dir / f"{path.stem}.{fmt}"
+            out.write_text(body, encoding="utf-8")
+            m = result.metrics
+            print(f"{path.name} -> {out}  ({m.get('input_duration_s', 0):.1f}s audio, rtf {m.get('rtf')})",
+                  file=sys.stderr)  # fmt: skip
+    return 1 if failures else 0
