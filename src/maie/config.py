@@ -43,8 +43,10 @@ class AsrSettings(BaseModel):
     """Let faster-whisper fetch a named model from a model hub. Off: names must resolve locally."""
     chunkformer_model: str | None = None
     """Local ChunkFormer checkpoint directory (``config.yaml``, ``pytorch_model.bin``, vocab)."""
-    chunkformer_batch_size: int | None = None
-    """Chunks decoded per batch. Unset: chosen from the audio length."""
+    chunkformer_batch_size: int | None = Field(default=None, ge=1)
+    """Chunks decoded per forward pass: short speech regions are packed together up to this many
+    chunks, a longer region runs in passes of this size carrying attention caches. Unset: the
+    package's default budget (175 chunks of 64 frames, about 15 minutes of audio per pass)."""
     chunkformer_chunk_size: int = Field(default=64, ge=4)
     """ChunkFormer chunk size in encoder frames."""
     chunkformer_left_context: int = Field(default=128, ge=0)
@@ -53,6 +55,8 @@ class AsrSettings(BaseModel):
     """Right context size in encoder frames."""
     chunkformer_device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where ChunkFormer runs."""
+    chunkformer_max_silence_s: float = Field(default=0.5, ge=0.0)
+    """Blank (silent) stretch of the CTC output that ends a ChunkFormer segment, in seconds."""
 
 
 class VadSettings(BaseModel):

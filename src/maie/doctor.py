@@ -31,9 +31,9 @@ def _check(name: str, probe: Callable[[], str]) -> bool:
 
 
 def _whisper(settings: Settings) -> str:
-    from maie.pipeline.asr.whisper import resolve_model
+    from maie.api.routers.models import whisper_model
 
-    model = resolve_model(settings.asr)
+    model = whisper_model(settings)["model"]
     if Path(model).exists() and not (Path(model) / "model.bin").exists():
         raise RuntimeError(f"{model} has no model.bin")
     return model

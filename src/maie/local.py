@@ -33,8 +33,14 @@ class StageBars:
             audio = self.ctx.audio if self.ctx else None
             total = round(audio.duration_s, 1) if audio is not None else 100.0
             unit = "s" if audio is not None else "%"
-            self.bar = tqdm(total=total, desc=f"{self.name}: {stage.value.lower()}", unit=unit,
-                            leave=False, file=sys.stderr, bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f}{unit}")  # fmt: skip
+            self.bar = tqdm(
+                total=total,
+                desc=f"{self.name}: {stage.value.lower()}",
+                unit=unit,
+                leave=False,
+                file=sys.stderr,
+                bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f}{unit}",
+            )
             self.stage = stage
         assert self.bar is not None
         self.bar.n = round(min(max(fraction, 0.0), 1.0) * self.bar.total, 1)

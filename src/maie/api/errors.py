@@ -47,7 +47,8 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    code = _HTTP_CODES.get(exc.status_code, ErrorCode.INVALID_FIELD if exc.status_code < 500 else ErrorCode.INTERNAL_ERROR)
+    fallback = ErrorCode.INVALID_FIELD if exc.status_code < 500 else ErrorCode.INTERNAL_ERROR
+    code = _HTTP_CODES.get(exc.status_code, fallback)
     response = error_response(code, str(exc.detail), getattr(exc, "headers", None))
     response.status_code = exc.status_code
     return response

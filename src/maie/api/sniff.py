@@ -41,7 +41,7 @@ _BITRATES: dict[tuple[bool, int], tuple[int, ...]] = {
 _SAMPLE_RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}
 
 
-def _id3_end(head: bytes) -> int | None:
+def _id3_end(head: bytes | bytearray) -> int | None:
     """Offset just past an ID3v2 tag at the start of ``head``; None when there is no valid tag."""
     if len(head) < 10 or head[:3] != b"ID3" or not 2 <= head[3] <= 4 or head[4] == 0xFF:
         return None
@@ -53,7 +53,7 @@ def _id3_end(head: bytes) -> int | None:
     return 10 + size + footer
 
 
-def head_bytes_wanted(head: bytes) -> int:
+def head_bytes_wanted(head: bytes | bytearray) -> int:
     """How many head bytes ``sniff_container`` should see: more than ``SNIFF_BYTES`` only past ID3 tags."""
     offset = 0
     while (end := _id3_end(head[offset:])) is not None:

@@ -17,7 +17,9 @@ from maie.config import Settings
 from maie.jobs.queue import connect, get_queue
 from maie.jobs.store import PREFIX, TaskStore
 from maie.jobs.tasks import WorkerRuntime, set_runtime
+from maie.pipeline.context import TaskContext
 from maie.pipeline.registry import ModelRegistry
+from maie.schemas import TaskOptions
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +50,11 @@ def live_workers(client: redis.Redis) -> list[dict]:
 
 def warm_up(runtime: WorkerRuntime) -> None:
     """Load the default ASR model before the first job, so the first upload is not the slow one."""
-    from maie.pipeline.asr.whisper import load_model
+    from maie.pipeline.asr.whisper import get_model, resolve_spec
 
+    ctx = TaskContext(task_id="warm-up", options=TaskOptions(), settings=runtime.settings, models=runtime.models)
     try:
-        load_model(runtime.settings, runtime.models)
+        get_model(ctx, resolve_spec(ctx))
     except Exception as exc:
         log.warning("could not preload the ASR model: %s", exc)
 

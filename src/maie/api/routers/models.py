@@ -7,15 +7,28 @@ import importlib.util
 from fastapi import APIRouter
 
 from maie.api.deps import ApiKeyDep, SettingsDep
-from maie.pipeline.asr.whisper import resolve_model
+from maie.config import Settings
+from maie.pipeline.asr.whisper import resolve_spec
+from maie.pipeline.context import TaskContext
 from maie.pipeline.llm import describe_llm
+from maie.pipeline.registry import ModelRegistry
+from maie.schemas import TaskOptions
 
 router = APIRouter(prefix="/v1", tags=["models"])
 
 
+def whisper_model(settings: Settings) -> dict:
+    ctx = TaskContext(task_id="models", options=TaskOptions(), settings=settings, models=ModelRegistry())
+    spec = resolve_spec(ctx)
+    return {"backend": "whisper", "model": spec.label, "device": spec.device, "compute_type": spec.compute_type,
+            "available": True}  # fmt: skip
+
+
 @router.get("/models", summary="Available ASR backends/models and the LLM")
 def list_models(_: ApiKeyDep, settings: SettingsDep) -> dict:
-    asr = [{"backend": "whisper", "model": resolve_model(settings.asr), "available": True}]
     cf_ready = bool(settings.asr.chunkformer_model) and importlib.util.find_spec("torch") is not None
-    asr.append({"backend": "chunkformer", "model": settings.asr.chunkformer_model, "available": cf_ready})
+    asr = [
+        whisper_model(settings),
+        {"backend": "chunkformer", "model": settings.asr.chunkformer_model, "available": cf_ready},
+    ]
     return {"default_backend": settings.asr.default_backend, "asr": asr, "llm": describe_llm(settings)}
