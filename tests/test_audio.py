@@ -24,9 +24,7 @@ def jfk_pcm(shared_audio: Path) -> np.ndarray:
     return decode_file(shared_audio / "jfk.flac").samples
 
 
-def encode(
-    samples: np.ndarray, path: Path, fmt: str, codec: str, rate: int, video_codec: str | None = None
-) -> Path:
+def encode(samples: np.ndarray, path: Path, fmt: str, codec: str, rate: int, video_codec: str | None = None) -> Path:
     """Write 16 kHz mono float samples with PyAV; optionally add a tiny black video stream."""
     with av.open(str(path), "w", format=fmt) as out:
         video = None
@@ -171,7 +169,9 @@ def test_zero_samples_is_empty(tmp_path: Path) -> None:
     assert err.value.code == ErrorCode.AUDIO_EMPTY
 
 
-@pytest.mark.parametrize(("ext", "fmt", "codec", "rate"), [("wav", "wav", "pcm_s16le", 16000), ("mp3", "mp3", "libmp3lame", 22050)])
+@pytest.mark.parametrize(
+    ("ext", "fmt", "codec", "rate"), [("wav", "wav", "pcm_s16le", 16000), ("mp3", "mp3", "libmp3lame", 22050)]
+)
 def test_truncated_file_warns_but_decodes(
     tmp_path: Path, jfk_pcm: np.ndarray, make_ctx, ext: str, fmt: str, codec: str, rate: int
 ) -> None:

@@ -66,7 +66,10 @@ def test_never_drop_a_long_segment_for_one_repeat() -> None:
 
 
 def test_loop_collapse_keeps_words_in_step() -> None:
-    words = [Word(start=i * 0.3, end=i * 0.3 + 0.25, word=w) for i, w in enumerate([" Hello", " go", " go", " go", " go", " home."])]
+    words = [
+        Word(start=i * 0.3, end=i * 0.3 + 0.25, word=w)
+        for i, w in enumerate([" Hello", " go", " go", " go", " go", " home."])
+    ]
     segment = Segment(start=0.0, end=2.0, text=" Hello go go go go home.", words=words, confidence=0.9)
     out, _ = filter_hallucinations([segment])
     assert out[0].text == "Hello go home."
@@ -75,7 +78,7 @@ def test_loop_collapse_keeps_words_in_step() -> None:
 
 
 def test_collapse_loops_prefers_the_longest_cover() -> None:
-    keys = "a b a b a b a b c".split()
+    keys = ["a", "b", "a", "b", "a", "b", "a", "b", "c"]
     keep, loops = collapse_loops(keys)
     assert [keys[i] for i in keep] == ["a", "b", "c"]
     assert loops == 1
@@ -122,7 +125,9 @@ def test_empty_and_music_only_segments_dropped() -> None:
 
 
 def test_looping_segments_keep_the_first() -> None:
-    segments = [seg("Okay, next item.", 0, 1)] + [seg("I'm not sure.", i, i + 1) for i in range(1, 7)] + [seg("Done.", 7, 8)]
+    segments = (
+        [seg("Okay, next item.", 0, 1)] + [seg("I'm not sure.", i, i + 1) for i in range(1, 7)] + [seg("Done.", 7, 8)]
+    )
     out, removed = filter_hallucinations(segments)
     assert [s.text for s in out] == ["Okay, next item.", "I'm not sure.", "Done."]
     assert removed == 5

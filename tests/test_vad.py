@@ -14,7 +14,9 @@ from maie.pipeline.vad import detect_speech
 
 
 def with_audio(ctx, samples: np.ndarray):
-    ctx.audio = DecodedAudio(samples=samples, duration_s=len(samples) / SAMPLE_RATE, source_format="test", source_channels=1)
+    ctx.audio = DecodedAudio(
+        samples=samples, duration_s=len(samples) / SAMPLE_RATE, source_format="test", source_channels=1
+    )
     return ctx
 
 

@@ -130,8 +130,8 @@ def templates_list() -> None:
     """List templates (built-in and user)."""
     from maie.templates import TemplateStore
 
-    for info in TemplateStore(_settings()).list():
-        typer.echo(f"{info['id']:32} {info.get('language', ''):4} {info.get('name', '')}")
+    for t in TemplateStore.from_settings(_settings()).list():
+        typer.echo(f"{t.id:32} {t.language or '':4} {'built-in' if t.builtin else 'user':9} {t.name}")
 
 
 @templates_app.command("show")
@@ -139,7 +139,7 @@ def templates_show(template_id: str) -> None:
     """Print a template's schema."""
     from maie.templates import TemplateStore
 
-    typer.echo(json.dumps(TemplateStore(_settings()).schema(template_id), indent=2, ensure_ascii=False))
+    typer.echo(json.dumps(TemplateStore.from_settings(_settings()).schema(template_id), indent=2, ensure_ascii=False))
 
 
 @app.command()

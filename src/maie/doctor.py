@@ -51,7 +51,7 @@ def _redis(settings: Settings) -> str:
 
 
 def _llm(settings: Settings) -> str:
-    from maie.pipeline.llm import describe_llm
+    from maie.api.routers.models import describe_llm
 
     info = describe_llm(settings)
     if settings.llm.base_url:

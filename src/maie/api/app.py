@@ -15,8 +15,10 @@ from fastapi.staticfiles import StaticFiles
 from maie import __version__
 from maie.api.auth import configured_keys
 from maie.api.errors import install_error_handlers
-from maie.api.routers import health, models, process, tasks, templates
+from maie.api.ratelimit import RateLimiter
+from maie.api.routers import health, models, openai, process, tasks, templates
 from maie.config import Settings, get_settings
+from maie.jobs import maintenance
 from maie.jobs.queue import connect, get_queue
 from maie.jobs.store import TaskStore
 from maie.templates import TemplateStore
@@ -31,12 +33,15 @@ WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     stop = asyncio.Event()
-    deliverer = asyncio.create_task(run_deliverer(app.state.store, settings, stop))
+    background = [
+        asyncio.create_task(run_deliverer(app.state.store, settings, stop)),
+        asyncio.create_task(maintenance.run_forever(app.state.store, app.state.queue, settings, stop)),
+    ]
     try:
         yield
     finally:
         stop.set()
-        await deliverer
+        await asyncio.gather(*background)
         await app.state.redis_async.aclose()
         app.state.redis.close()
 
@@ -57,9 +62,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.redis_async = redis_async.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
     app.state.store = TaskStore(app.state.redis)
     app.state.queue = get_queue(app.state.redis)
-    app.state.templates = TemplateStore(settings)
+    app.state.templates = TemplateStore.from_settings(settings)
+    app.state.rate_limiter = RateLimiter(settings.redis_url, settings.rate_limit)
     install_error_handlers(app)
-    for module in (health, process, tasks, templates, models):
+    for module in (health, process, tasks, templates, models, openai):
         app.include_router(module.router)
     if (WEB_DIR / "index.html").exists():
         app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")

@@ -8,6 +8,7 @@ from rq.job import Job
 from rq.registry import StartedJobRegistry
 
 from maie.config import Settings
+from maie.jobs.store import task_key
 
 QUEUE_NAME = "maie"
 JOB_FUNC = "maie.jobs.tasks.process_task"
@@ -31,15 +32,18 @@ def job_timeout_s(settings: Settings, audio_seconds: float | None) -> int:
 
 
 def enqueue(queue: Queue, task_id: str, *, timeout_s: int, at_front: bool = False) -> Job:
-    return queue.enqueue(
+    """A fresh RQ job per attempt (its id is stored on the task), so a requeued task never collides with
+    what RQ still remembers about a lost attempt."""
+    job = queue.enqueue(
         JOB_FUNC,
         task_id,
-        job_id=task_id,
         job_timeout=timeout_s,
         result_ttl=3600,
         failure_ttl=24 * 3600,
         at_front=at_front,
     )
+    queue.connection.hset(task_key(task_id), "job_id", job.id)
+    return job
 
 
 def depth(queue: Queue) -> int:
@@ -47,10 +51,18 @@ def depth(queue: Queue) -> int:
     return queue.count + StartedJobRegistry(queue=queue).count
 
 
+def job_id(queue: Queue, task_id: str) -> str | None:
+    raw = queue.connection.hget(task_key(task_id), "job_id")
+    return raw.decode() if raw else None
+
+
 def cancel(queue: Queue, task_id: str) -> None:
     """Drop a queued job; a running one notices the CANCELLED status at its next progress report."""
+    jid = job_id(queue, task_id)
+    if jid is None:
+        return
     try:
-        job = Job.fetch(task_id, connection=queue.connection)
+        job = Job.fetch(jid, connection=queue.connection)
     except Exception:
         return
     if job.get_status(refresh=False) in ("queued", "deferred", "scheduled"):

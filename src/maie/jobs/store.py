@@ -40,6 +40,11 @@ def events_channel(task_id: str) -> str:
     return f"{PREFIX}:events:{task_id}"
 
 
+def lease_key(task_id: str) -> str:
+    """Held by the worker running the task; it expires when the worker dies."""
+    return f"{PREFIX}:lease:{task_id}"
+
+
 def _encode(fields: dict[str, Any]) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, value in fields.items():
@@ -83,6 +88,7 @@ class TaskStore:
             "options": options,
             "audio_path": audio_path,
             "attempts": 0,
+            "updated_at": time.time(),
         }
         pipe = self.redis.pipeline()
         pipe.hset(task_key(task_id), mapping=_encode(fields))
@@ -108,7 +114,7 @@ class TaskStore:
 
     def update(self, task_id: str, **fields: Any) -> bool:
         """Write fields unless the task is already terminal. Returns False if it was (or is gone)."""
-        encoded = _encode(fields)
+        encoded = _encode({**fields, "updated_at": time.time()})
         args: list[str] = [x for pair in encoded.items() for x in pair]
         written = self._update(keys=[task_key(task_id)], args=args)
         if written != 1:
@@ -136,12 +142,26 @@ class TaskStore:
                 self.redis.sadd(ACTIVE_SET, task_id)
         self._publish_id(task_id)
 
+    def hold_lease(self, task_id: str, worker: str, ttl_s: int) -> None:
+        self.redis.set(lease_key(task_id), worker, ex=max(1, ttl_s))
+
+    def release_lease(self, task_id: str) -> None:
+        self.redis.delete(lease_key(task_id))
+
+    def has_lease(self, task_id: str) -> bool:
+        return bool(self.redis.exists(lease_key(task_id)))
+
+    def last_update(self, task_id: str) -> float:
+        raw = self.redis.hget(task_key(task_id), "updated_at")
+        return float(raw) if raw else 0.0
+
     def incr_attempts(self, task_id: str) -> int:
         return int(self.redis.hincrby(task_key(task_id), "attempts", 1))
 
     def delete(self, task_id: str) -> None:
         pipe = self.redis.pipeline()
         pipe.delete(task_key(task_id))
+        pipe.delete(lease_key(task_id))
         pipe.zrem(TASKS_INDEX, task_id)
         pipe.srem(ACTIVE_SET, task_id)
         pipe.execute()

@@ -31,7 +31,12 @@ class WorkerRuntime:
     settings: Settings
     store: TaskStore
     models: ModelRegistry
+    name: str = "in-process"
     current_task: str | None = None
+
+    @property
+    def lease_ttl_s(self) -> int:
+        return int(self.settings.worker_heartbeat_s * 3)
 
 
 _runtime: WorkerRuntime | None = None
@@ -82,6 +87,8 @@ def process_task(task_id: str) -> str:
     record = store.get(task_id)
     if record is None or record.status.terminal:
         return "skipped"
+    # Take the lease before anything else: recovery treats a running task without one as lost.
+    store.hold_lease(task_id, rt.name, rt.lease_ttl_s)
     attempts = store.incr_attempts(task_id)
     audio_path = store.audio_path(task_id)
     duration = (record.metrics or {}).get("declared_duration_s")
@@ -118,6 +125,7 @@ def process_task(task_id: str) -> str:
         return "failed"
     finally:
         rt.current_task = None
+        store.release_lease(task_id)
     error = result.warnings[0] if result.warnings else None
     metrics = {**(record.metrics or {}), **result.metrics}
     store.finish(

@@ -15,7 +15,7 @@ from rq import SimpleWorker
 
 from maie.config import Settings
 from maie.jobs.queue import connect, get_queue
-from maie.jobs.store import PREFIX, TaskStore
+from maie.jobs.store import PREFIX, TaskStore, lease_key
 from maie.jobs.tasks import WorkerRuntime, set_runtime
 from maie.pipeline.context import TaskContext
 from maie.pipeline.registry import ModelRegistry
@@ -28,10 +28,6 @@ WORKERS_KEY = f"{PREFIX}:workers"
 
 def worker_key(name: str) -> str:
     return f"{PREFIX}:worker:{name}"
-
-
-def lease_key(task_id: str) -> str:
-    return f"{PREFIX}:lease:{task_id}"
 
 
 def live_workers(client: redis.Redis) -> list[dict]:
@@ -95,9 +91,9 @@ def run_worker(settings: Settings, *, burst: bool = False, name: str | None = No
     if not settings.redis_url:
         raise SystemExit("maie worker needs MAIE_REDIS_URL (maie serve starts its own workers)")
     client = connect(settings.redis_url)
-    runtime = WorkerRuntime(settings=settings, store=TaskStore(client), models=ModelRegistry())
-    set_runtime(runtime)
     name = name or f"maie-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    runtime = WorkerRuntime(settings=settings, store=TaskStore(client), models=ModelRegistry(), name=name)
+    set_runtime(runtime)
     heartbeat = Heartbeat(runtime, name, settings.worker_heartbeat_s)
     heartbeat.beat()
     heartbeat.start()

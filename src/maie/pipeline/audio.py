@@ -119,9 +119,7 @@ def _open(path: Path) -> av.container.InputContainer:
     except FileNotFoundError:
         raise MaieError(ErrorCode.AUDIO_DECODE_ERROR, f"audio file not found: {path.name}") from None
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
-        raise MaieError(
-            ErrorCode.AUDIO_DECODE_ERROR, f"could not read {path.name} as audio or video: {exc}"
-        ) from None
+        raise MaieError(ErrorCode.AUDIO_DECODE_ERROR, f"could not read {path.name} as audio or video: {exc}") from None
 
 
 def decode_file(

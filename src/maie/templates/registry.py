@@ -226,9 +226,7 @@ class TemplateStore:
         language: str | None = None,
     ) -> Template:
         if not isinstance(template_id, str) or not TEMPLATE_ID.fullmatch(template_id):
-            raise MaieError(
-                ErrorCode.TEMPLATE_INVALID, "template id must be 1-64 of a-z, 0-9, '_' and '-'"
-            )
+            raise MaieError(ErrorCode.TEMPLATE_INVALID, "template id must be 1-64 of a-z, 0-9, '_' and '-'")
         if self._builtin_path(template_id).is_dir() or self._user_path(template_id).exists():
             raise MaieError(ErrorCode.TEMPLATE_EXISTS, f"template {template_id!r} already exists")
         meta = _meta(name, description, language)

@@ -97,9 +97,7 @@ class PromptError(ValueError):
 
 
 def _environment() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
-        undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False
-    )
+    env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
     env.globals.clear()  # no range, cycler, joiner, lipsum, namespace, dict
     env.filters = {name: f for name, f in env.filters.items() if name in SAFE_FILTERS}
     return env

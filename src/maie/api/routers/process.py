@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import av
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
-from maie.api.deps import ApiKeyDep, QueueDep, SettingsDep, StoreDep
+from maie.api.deps import QueueDep, SettingsDep, StoreDep
 from maie.api.options import check_options, parse_features, parse_options
+from maie.api.ratelimit import RateLimitDep
 from maie.api.uploads import check_content_length, receive_form
 from maie.config import Settings
 from maie.errors import ErrorCode, MaieError
@@ -21,10 +23,6 @@ from maie.jobs.store import TaskStore
 from maie.schemas import Accepted, Feature, TaskOptions, TaskStatus
 
 router = APIRouter(prefix="/v1", tags=["process"])
-
-FIELD_SLACK_BYTES = 1024 * 1024
-"""Room for the text fields and multipart framing on top of the file size limit."""
-
 
 def check_capacity(queue: jobs.Queue, settings: Settings) -> None:
     if jobs.depth(queue) >= settings.max_queue_depth:
@@ -73,13 +71,19 @@ def submit(store: TaskStore, queue: jobs.Queue, settings: Settings, task_id: str
     jobs.enqueue(queue, task_id, timeout_s=jobs.job_timeout_s(settings, duration_s))
 
 
-@router.post("/process", status_code=202, response_model=Accepted, summary="Upload audio and start a task")
-async def process(
-    request: Request, _: ApiKeyDep, settings: SettingsDep, store: StoreDep, queue: QueueDep
-) -> Accepted:
-    """Multipart form: option fields first, then ``file``. The file is streamed to disk as it arrives;
-    fields sent before the file are validated before any audio byte is read."""
-    check_content_length(request, settings.max_upload_bytes + FIELD_SLACK_BYTES)
+async def accept_upload(
+    request: Request,
+    settings: Settings,
+    store: TaskStore,
+    queue: jobs.Queue,
+    parse_fields: Callable[[dict[str, list[str]]], TaskOptions],
+) -> tuple[str, TaskOptions, float | None]:
+    """Stream a multipart upload to ``data/audio/<task_id>/`` and queue its task.
+
+    The cheap checks (size, capacity, disk, then ``parse_fields`` on the option fields) run before any
+    file byte is read when the fields come first. Whatever fails, nothing is left behind.
+    """
+    check_content_length(request, settings.max_upload_bytes)
     await asyncio.to_thread(check_capacity, queue, settings)
     check_disk(settings, int(request.headers.get("content-length") or 0))
     task_id = str(uuid.uuid4())
@@ -88,7 +92,7 @@ async def process(
 
     async def before_file(fields: dict[str, list[str]]) -> None:
         nonlocal options
-        options = parse_options(fields, settings)
+        options = parse_fields(fields)
         check_template(request, options.template_id)
 
     form = await receive_form(
@@ -105,6 +109,18 @@ async def process(
         shutil.rmtree(task_dir, ignore_errors=True)
         await asyncio.to_thread(store.delete, task_id)
         raise
+    return task_id, options, duration
+
+
+@router.post("/process", status_code=202, response_model=Accepted, summary="Upload audio and start a task")
+async def process(
+    request: Request, _: RateLimitDep, settings: SettingsDep, store: StoreDep, queue: QueueDep
+) -> Accepted:
+    """Multipart form: option fields first, then ``file``. The file is streamed to disk as it arrives;
+    fields sent before the file are validated before any audio byte is read."""
+    task_id, _options, _duration = await accept_upload(
+        request, settings, store, queue, lambda fields: parse_options(fields, settings)
+    )
     return Accepted(task_id=task_id, status=TaskStatus.PENDING, status_url=f"/v1/status/{task_id}")
 
 
@@ -117,7 +133,7 @@ class TextRequest(BaseModel):
 
 @router.post("/process_text", status_code=202, response_model=Accepted, summary="Run the LLM stages on text")
 def process_text(
-    body: TextRequest, request: Request, _: ApiKeyDep, settings: SettingsDep, store: StoreDep, queue: QueueDep
+    body: TextRequest, request: Request, _: RateLimitDep, settings: SettingsDep, store: StoreDep, queue: QueueDep
 ) -> Accepted:
     check_capacity(queue, settings)
     options = TaskOptions(

@@ -2,56 +2,72 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
 from maie.api.deps import ApiKeyDep
+from maie.templates import Template, TemplateStore
 
 router = APIRouter(prefix="/v1/templates", tags=["templates"])
 
 
-class TemplateBody(BaseModel):
-    id: str | None = Field(default=None, description="Required on POST; taken from the path on PUT.")
-    name: str | None = None
-    description: str | None = None
-    language: str | None = None
-    prompt: str = Field(description="Jinja prompt, rendered in a sandbox with transcript, schema, example.")
-    schema_: dict[str, Any] = Field(alias="schema", description="JSON Schema of type object.")
-    example: dict[str, Any] = Field(description="An output that validates against the schema.")
-
-
-def _store(request: Request):
+def get_templates(request: Request) -> TemplateStore:
     return request.app.state.templates
 
 
+TemplatesDep = Annotated[TemplateStore, Depends(get_templates)]
+
+
+class TemplateIn(BaseModel):
+    id: str | None = Field(default=None, description="Required on POST; the path names it on PUT.")
+    name: str | None = Field(default=None, max_length=200)
+    description: str | None = Field(default=None, max_length=2000)
+    language: str | None = Field(default=None, max_length=16)
+    prompt: str | None = Field(default=None, description="Jinja prompt (rendered in a sandbox).", max_length=64_000)
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema", description="JSON Schema, type object.")
+    example: dict[str, Any] | None = Field(default=None, description="An output valid against the schema.")
+
+
+def template_out(t: Template) -> dict[str, Any]:
+    return {**t.info(), "prompt": t.prompt, "schema": t.schema, "example": t.example}
+
+
 @router.get("", summary="List templates")
-def list_templates(request: Request, _: ApiKeyDep) -> list[dict]:
-    return _store(request).list()
+def list_templates(_: ApiKeyDep, store: TemplatesDep) -> list[dict[str, Any]]:
+    return [t.info() for t in store.list()]
 
 
 @router.get("/{template_id}", summary="A template: metadata, prompt, schema and example")
-def get_template(template_id: str, request: Request, _: ApiKeyDep) -> dict:
-    return _store(request).get(template_id).to_dict()
+def get_template(template_id: str, _: ApiKeyDep, store: TemplatesDep) -> dict[str, Any]:
+    return template_out(store.get(template_id))
 
 
 @router.get("/{template_id}/schema", summary="A template's JSON Schema")
-def get_schema(template_id: str, request: Request, _: ApiKeyDep) -> dict:
-    return _store(request).schema(template_id)
+def get_schema(template_id: str, _: ApiKeyDep, store: TemplatesDep) -> dict[str, Any]:
+    return store.schema(template_id)
 
 
-@router.post("", status_code=201, summary="Create a user template")
-def create_template(body: TemplateBody, request: Request, _: ApiKeyDep) -> dict:
-    return _store(request).create(body.model_dump(by_alias=True)).to_dict()
+@router.post("", status_code=201, summary="Create a user template (validated; the prompt runs sandboxed)")
+def create_template(body: TemplateIn, _: ApiKeyDep, store: TemplatesDep) -> dict[str, Any]:
+    from maie.errors import ErrorCode, MaieError
+
+    if not body.id or body.prompt is None or body.schema_ is None or body.example is None:
+        raise MaieError(ErrorCode.TEMPLATE_INVALID, "id, prompt, schema and example are required")
+    created = store.create(body.id, prompt=body.prompt, schema=body.schema_, example=body.example,
+                           name=body.name, description=body.description, language=body.language)  # fmt: skip
+    return template_out(created)
 
 
-@router.put("/{template_id}", summary="Replace a user template")
-def update_template(template_id: str, body: TemplateBody, request: Request, _: ApiKeyDep) -> dict:
-    return _store(request).update(template_id, body.model_dump(by_alias=True)).to_dict()
+@router.put("/{template_id}", summary="Update a user template (built-ins are read-only)")
+def update_template(template_id: str, body: TemplateIn, _: ApiKeyDep, store: TemplatesDep) -> dict[str, Any]:
+    updated = store.update(template_id, prompt=body.prompt, schema=body.schema_, example=body.example,
+                           name=body.name, description=body.description, language=body.language)  # fmt: skip
+    return template_out(updated)
 
 
 @router.delete("/{template_id}", summary="Delete a user template")
-def delete_template(template_id: str, request: Request, _: ApiKeyDep) -> dict:
-    _store(request).delete(template_id)
+def delete_template(template_id: str, _: ApiKeyDep, store: TemplatesDep) -> dict[str, Any]:
+    store.delete(template_id)
     return {"id": template_id, "deleted": True}

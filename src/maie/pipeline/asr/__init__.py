@@ -30,9 +30,7 @@ def backend_name(ctx: TaskContext) -> str:
 
 def _backend(name: str) -> Any:
     if name not in BACKENDS:
-        raise MaieError(
-            ErrorCode.INVALID_FIELD, f"unknown asr_backend {name!r}; choose one of: {', '.join(BACKENDS)}"
-        )
+        raise MaieError(ErrorCode.INVALID_FIELD, f"unknown asr_backend {name!r}; choose one of: {', '.join(BACKENDS)}")
     # Imported on use: each backend pulls in its own heavy runtime.
     return importlib.import_module(f"maie.pipeline.asr.{name}")
 
@@ -54,10 +52,7 @@ class SpeechTimeline:
 
     def index(self, t: float, *, is_end: bool = False) -> int:
         """Region holding gated time ``t``; an end exactly on a boundary belongs to the region before."""
-        if is_end:
-            i = bisect.bisect_left(self.gated_ends, t)
-        else:
-            i = bisect.bisect_right(self.gated_starts, t) - 1
+        i = bisect.bisect_left(self.gated_ends, t) if is_end else bisect.bisect_right(self.gated_starts, t) - 1
         return min(max(i, 0), len(self.gated_starts) - 1)
 
     def original(self, t: float, index: int) -> float:
@@ -70,7 +65,9 @@ class SpeechTimeline:
             for word in segment.words:
                 # Both ends of a word from the region holding its middle, so it never spans a gap.
                 i = self.index((word.start + word.end) / 2)
-                words.append(word.model_copy(update={"start": self.original(word.start, i), "end": self.original(word.end, i)}))
+                words.append(
+                    word.model_copy(update={"start": self.original(word.start, i), "end": self.original(word.end, i)})
+                )
             return segment.model_copy(update={"start": words[0].start, "end": words[-1].end, "words": words})
         start = self.original(segment.start, self.index(segment.start))
         end = self.original(segment.end, self.index(segment.end, is_end=True))

@@ -181,6 +181,8 @@ def load_model(model_dir: str | Path, device: str = "cpu") -> ChunkFormerModel:
                 f"only CTC checkpoints (model: asr_model, encoder: chunkformer) are supported, got "
                 f"model: {config.get('model')}"
             )
+        if not config["encoder_conf"].get("dynamic_conv", False):
+            raise ValueError("encoder_conf.dynamic_conv is off, so the encoder cannot decode in chunks")
         state = torch.load(str(checkpoint), map_location="cpu", weights_only=True, mmap=True)
         encoder_state = _substate(state, "encoder.")
         cmvn = _global_cmvn(root / "global_cmvn", encoder_state, modules, torch)
@@ -193,9 +195,7 @@ def load_model(model_dir: str | Path, device: str = "cpu") -> ChunkFormerModel:
     except MaieError:
         raise
     except (OSError, KeyError, TypeError, ValueError, RuntimeError, AssertionError) as exc:
-        raise MaieError(
-            ErrorCode.MODEL_UNAVAILABLE, f"Could not load the ChunkFormer model in {root}: {exc}"
-        ) from exc
+        raise MaieError(ErrorCode.MODEL_UNAVAILABLE, f"Could not load the ChunkFormer model in {root}: {exc}") from exc
     fbank_conf = config.get("fbank_conf") or config.get("dataset_conf", {}).get("fbank_conf") or {}
     fbank = FbankConfig(
         num_mel_bins=int(fbank_conf.get("num_mel_bins", config["input_dim"])),
@@ -242,9 +242,7 @@ def _import_torch() -> Any:
     try:
         import torch
     except ImportError as exc:
-        raise MaieError(
-            ErrorCode.MODEL_UNAVAILABLE, f"The ChunkFormer backend needs PyTorch: {INSTALL_HINT}"
-        ) from exc
+        raise MaieError(ErrorCode.MODEL_UNAVAILABLE, f"The ChunkFormer backend needs PyTorch: {INSTALL_HINT}") from exc
     return torch
 
 
@@ -252,9 +250,7 @@ def _resolve_device(setting: str, torch: Any) -> str:
     if setting == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if setting == "cuda" and not torch.cuda.is_available():
-        raise MaieError(
-            ErrorCode.MODEL_UNAVAILABLE, "MAIE_ASR__CHUNKFORMER_DEVICE is cuda but PyTorch sees no GPU."
-        )
+        raise MaieError(ErrorCode.MODEL_UNAVAILABLE, "MAIE_ASR__CHUNKFORMER_DEVICE is cuda but PyTorch sees no GPU.")
     return setting
 
 
@@ -471,9 +467,11 @@ def encode_long(
     conv_lorder = encoder.cnn_module_kernel // 2
     chunk, left, right = decoding.chunk_size, decoding.left_context, decoding.right_context
     truncated = chunk * decoding.batch_size  # encoder frames kept per pass
-    reach = max(right, conv_lorder)
-    # input frames beyond a pass that still influence its last output frame
-    lookahead = (reach + max(chunk, reach) * (encoder.num_blocks - 1)) * subsampling
+    # Input frames past a pass's last kept frame that still reach it: per layer the convolution, the
+    # rest of that frame's chunk and the right context. (The package's endless_decode looks ahead
+    # r + max(c, r)(n - 1), which misses the chunk rounding and the convolution, so its posteriors
+    # drift near pass edges; with this bound, passes give exactly the single-pass output.)
+    lookahead = encoder.num_blocks * (chunk + right + conv_lorder) * subsampling
     att_cache = torch.zeros(
         (encoder.num_blocks, left, encoder.attention_heads, encoder.output_size() * 2 // encoder.attention_heads),
         device=device,
@@ -485,7 +483,7 @@ def encode_long(
     ids: list[int] = []
     probs: list[float] = []
     for start in range(0, n_frames, step):
-        end = min(start + step + 7, n_frames)
+        end = min(start + step + 7, n_frames)  # + the subsampling's extra frames, as the package does
         x = feats[start : end + lookahead].to(device)
         out, out_length, _, att_cache, cnn_cache, offset = encoder.forward_parallel_chunk(
             xs=[x],
@@ -507,7 +505,8 @@ def encode_long(
         best, best_ids = model.ctc.log_softmax(out).max(dim=-1)
         ids.extend(best_ids[0].tolist())
         probs.extend(best[0].exp().tolist())
-        progress_s((min(start + step, n_frames) - start) * model.fbank.frame_shift_ms / 1000)
+        covered = n_frames - start if last else min(step, n_frames - start)
+        progress_s(covered * model.fbank.frame_shift_ms / 1000)
         if last:
             break
     return _Frames(ids, probs)

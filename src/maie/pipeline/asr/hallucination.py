@@ -87,7 +87,9 @@ def is_filler_text(text: str) -> bool:
     return norm == "" or norm in FILLER_PHRASES
 
 
-def collapse_loops(keys: Sequence[str], min_repeats: int = MIN_REPEATS, max_ngram: int = MAX_NGRAM) -> tuple[list[int], int]:
+def collapse_loops(
+    keys: Sequence[str], min_repeats: int = MIN_REPEATS, max_ngram: int = MAX_NGRAM
+) -> tuple[list[int], int]:
     """Indices of ``keys`` to keep after collapsing runs of a repeated n-gram, and how many runs.
 
     At each position the n-gram (1..max_ngram) repeated ``min_repeats``+ times that covers the most
@@ -138,7 +140,7 @@ def clean_segment(segment: Segment, min_repeats: int = MIN_REPEATS) -> tuple[Seg
 def segment_dbfs(segment: Segment, audio: np.ndarray, sample_rate: int) -> float:
     """RMS level of the segment's audio in dBFS (-inf for digital silence)."""
     start = max(int(segment.start * sample_rate), 0)
-    end = min(int(math.ceil(segment.end * sample_rate)), len(audio))
+    end = min(math.ceil(segment.end * sample_rate), len(audio))
     if end <= start:
         return -math.inf
     chunk = audio[start:end].astype(np.float64)

@@ -89,16 +89,16 @@ def _load(spec: ModelSpec, allow_download: bool) -> Any:
             local_files_only=not allow_download,
         )
     except Exception as exc:
-        hint = (
-            ""
-            if allow_download
-            else " It is not available offline: set MAIE_ASR__WHISPER_MODEL to a local CTranslate2 model "
-            "directory, or allow downloads with MAIE_ASR__WHISPER_ALLOW_DOWNLOAD=true."
-        )
-        raise MaieError(
-            ErrorCode.MODEL_UNAVAILABLE,
-            f"could not load Whisper model {spec.source!r} on {spec.device}/{spec.compute_type}: {exc}.{hint}",
-        ) from exc
+        # huggingface_hub's "not cached and offline" error, matched by name to avoid importing it here.
+        if any(cls.__name__ == "LocalEntryNotFoundError" for cls in type(exc).__mro__):
+            message = (
+                f"Whisper model {spec.source!r} is not in the local model cache and downloads are off: set "
+                "MAIE_ASR__WHISPER_MODEL to a local CTranslate2 model directory, or allow downloads with "
+                "MAIE_ASR__WHISPER_ALLOW_DOWNLOAD=true"
+            )
+        else:
+            message = f"could not load Whisper model {spec.source!r} on {spec.device}/{spec.compute_type}: {exc}"
+        raise MaieError(ErrorCode.MODEL_UNAVAILABLE, message) from exc
 
 
 def get_model(ctx: TaskContext, spec: ModelSpec) -> tuple[Any, float]:

@@ -117,9 +117,7 @@ def _clean_chunk(
         *(_EXAMPLE_LABELLED if labelled else _EXAMPLE),
         {"role": "user", "content": source},
     ]
-    reply = client.chat(
-        messages, max_tokens=max_tokens, temperature=temperature, top_k=top_k, json_schema=None
-    )
+    reply = client.chat(messages, max_tokens=max_tokens, temperature=temperature, top_k=top_k, json_schema=None)
     add_reply(usage, reply)
     if reply.finish_reason == "length":
         return None

@@ -12,6 +12,7 @@ The reply is always validated by the caller, so the last resort (no constraint) 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
@@ -79,9 +80,7 @@ class OpenAICompatClient:
         self._format_level = 0
         self._lock = threading.Lock()
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.Client(
-            headers=headers, timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s))
-        )
+        self._http = httpx.Client(headers=headers, timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)))
 
     @property
     def flavour(self) -> Flavour:
@@ -227,10 +226,8 @@ class OpenAICompatClient:
     def _delay(self, attempt: int, response: httpx.Response | None) -> float:
         delay = self._backoff_s * 2 ** (attempt - 1)
         if response is not None and response.status_code == 429:
-            try:
+            with contextlib.suppress(ValueError):
                 delay = max(delay, float(response.headers.get("retry-after", "0")))
-            except ValueError:
-                pass
         return min(delay, _MAX_RETRY_AFTER_S)
 
     def _reply(self, response: httpx.Response, started: float) -> LlmReply:

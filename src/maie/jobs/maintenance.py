@@ -1,0 +1,130 @@
+"""Periodic upkeep, run by every API process (one at a time, under a Redis lock):
+
+- recovery: a running task whose worker lease expired is requeued, or ends FAILED ``WORKER_LOST``
+  after ``job_max_attempts``; a PENDING task whose job vanished is queued again;
+- retention: audio and results of tasks older than ``retention_hours`` are deleted, and so are
+  upload folders that never became a task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+
+from rq import Queue
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
+
+from maie.config import Settings
+from maie.errors import ErrorCode
+from maie.jobs import queue as jobs
+from maie.jobs.store import ACTIVE_SET, PREFIX, TaskStore
+from maie.jobs.tasks import remove_task_files
+from maie.schemas import TaskError, TaskStatus
+from maie.webhooks import notify_if_wanted
+
+log = logging.getLogger(__name__)
+
+LOCK_KEY = f"{PREFIX}:maintenance-lock"
+ORPHAN_UPLOAD_AGE_S = 3600.0
+"""An audio folder with no task record is an upload that died mid-way once it is this old."""
+
+
+@dataclass
+class Report:
+    requeued: int = 0
+    lost: int = 0
+    purged: int = 0
+    orphans: int = 0
+
+
+def _job_alive(queue: Queue, task_id: str) -> bool:
+    jid = jobs.job_id(queue, task_id)
+    if jid is None:
+        return False
+    try:
+        status = Job.fetch(jid, connection=queue.connection).get_status(refresh=False)
+    except NoSuchJobError:
+        return False
+    return status in ("queued", "started", "deferred", "scheduled")
+
+
+def recover(store: TaskStore, queue: Queue, settings: Settings, report: Report) -> None:
+    grace_s = settings.worker_heartbeat_s * 3
+    for task_id in store.active_ids():
+        record = store.get(task_id)
+        if record is None or record.status.terminal:
+            store.redis.srem(ACTIVE_SET, task_id)
+            continue
+        # A task just written (submitted, requeued, between stages) gets time before it is judged.
+        if store.has_lease(task_id) or time.time() - store.last_update(task_id) < grace_s:
+            continue
+        if record.status == TaskStatus.PENDING and _job_alive(queue, task_id):
+            continue
+        if record.status == TaskStatus.PENDING and record.attempts == 0:
+            # Accepted but its job is gone (e.g. Redis lost the queue entry): queue it again.
+            jobs.enqueue(queue, task_id, timeout_s=jobs.job_timeout_s(settings, None))
+            report.requeued += 1
+            continue
+        if record.attempts >= settings.job_max_attempts:
+            message = f"the worker running this task stopped responding ({record.attempts} attempts)"
+            store.fail(task_id, TaskError(code=ErrorCode.WORKER_LOST.value, message=message, stage=record.stage))
+            notify_if_wanted(store, task_id)
+            report.lost += 1
+            log.warning("task %s failed: worker lost %d times", task_id, record.attempts)
+        else:
+            store.update(task_id, status=TaskStatus.PENDING.value, stage=TaskStatus.PENDING.value, progress=0.0)
+            duration = (record.metrics or {}).get("declared_duration_s")
+            jobs.enqueue(queue, task_id, timeout_s=jobs.job_timeout_s(settings, duration), at_front=True)
+            report.requeued += 1
+            log.warning("task %s requeued: its worker was lost in %s", task_id, record.stage)
+
+
+def purge(store: TaskStore, settings: Settings, report: Report) -> None:
+    cutoff = time.time() - settings.retention_hours * 3600
+    for task_id in store.ids_older_than(cutoff):
+        status = store.status(task_id)
+        if status is not None and not status.terminal:
+            continue
+        remove_task_files(settings, task_id)
+        store.delete(task_id)
+        report.purged += 1
+    audio_dir = settings.audio_dir
+    if audio_dir.exists():
+        for d in audio_dir.iterdir():
+            old = time.time() - d.stat().st_mtime > min(ORPHAN_UPLOAD_AGE_S, settings.retention_hours * 3600)
+            if old and store.status(d.name) is None:
+                shutil.rmtree(d, ignore_errors=True)
+                report.orphans += 1
+
+
+def run_once(store: TaskStore, queue: Queue, settings: Settings) -> Report | None:
+    """One pass, if no other process holds the lock. Returns None when skipped."""
+    interval = maintenance_interval_s(settings)
+    if not store.redis.set(LOCK_KEY, "1", nx=True, ex=max(1, int(interval))):
+        return None
+    report = Report()
+    recover(store, queue, settings, report)
+    purge(store, settings, report)
+    if report.requeued or report.lost or report.purged or report.orphans:
+        log.info("maintenance: %s", report)
+    return report
+
+
+def maintenance_interval_s(settings: Settings) -> float:
+    return min(settings.worker_heartbeat_s, 30.0)
+
+
+async def run_forever(store: TaskStore, queue: Queue, settings: Settings, stop: asyncio.Event) -> None:
+    interval = maintenance_interval_s(settings)
+    while not stop.is_set():
+        try:
+            await asyncio.to_thread(run_once, store, queue, settings)
+        except Exception as exc:
+            log.warning("maintenance pass failed: %s", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval)
