@@ -15,10 +15,11 @@ import httpx
 import numpy as np
 import psutil
 import pytest
-from service import Service, free_port, start_service, wait_terminal
 
 from maie.jobs.redis_server import redis_server_binary
 from maie.pipeline.audio import decode_file
+
+from service import Service, free_port, start_service, wait_terminal
 
 pytestmark = pytest.mark.slow
 

@@ -15,6 +15,7 @@ import httpx
 import numpy as np
 import psutil
 import pytest
+
 from service import API_KEY, Service, start_service, wait_terminal
 
 MAX_UPLOAD_MB = 8

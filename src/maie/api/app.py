@@ -15,6 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from maie import __version__
 from maie.api.auth import configured_keys
 from maie.api.errors import install_error_handlers
+from maie.api.metrics import install_metrics
 from maie.api.ratelimit import RateLimiter
 from maie.api.routers import health, models, openai, process, tasks, templates
 from maie.config import Settings, get_settings
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.templates = TemplateStore.from_settings(settings)
     app.state.rate_limiter = RateLimiter(settings.redis_url, settings.rate_limit)
     install_error_handlers(app)
+    install_metrics(app)
     for module in (health, process, tasks, templates, models, openai):
         app.include_router(module.router)
     if (WEB_DIR / "index.html").exists():
