@@ -101,6 +101,8 @@ class TaskRecord(BaseModel):
     versions: dict[str, Any] | None = None
     options: dict[str, Any] | None = None
     attempts: int = 0
+    correlation_id: str | None = None
+    """The submitting request's X-Request-ID: search the logs of the API and the worker for it."""
     webhook: dict[str, Any] | None = None
 
 

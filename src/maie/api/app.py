@@ -22,6 +22,7 @@ from maie.config import Settings, get_settings
 from maie.jobs import maintenance
 from maie.jobs.queue import connect, get_queue
 from maie.jobs.store import TaskStore
+from maie.logs import CorrelationMiddleware
 from maie.templates import TemplateStore
 from maie.webhooks import run_deliverer
 
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.rate_limiter = RateLimiter(settings.redis_url, settings.rate_limit)
     install_error_handlers(app)
     install_metrics(app)
+    app.add_middleware(CorrelationMiddleware)
     for module in (health, process, tasks, templates, models, openai):
         app.include_router(module.router)
     if (WEB_DIR / "index.html").exists():

@@ -24,11 +24,14 @@ Contract for callers (the ``/v1/process`` router):
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import shutil
 import unicodedata
+from collections import deque
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +47,10 @@ WRITE_BYTES = 64 * 1024
 """Small reads are gathered into writes of at least this size; larger reads are written as they come."""
 FIELD_SLACK_BYTES = 1024 * 1024
 """Body bytes allowed on top of the file limit for text fields and multipart framing."""
+MAX_IN_FLIGHT_BYTES = 2 * 1024 * 1024
+"""Received bytes handed to the writer threads but not yet written; beyond this, reading pauses."""
+WRITE_THREADS = 4
+"""Threads shared by all uploads for disk writes."""
 MAX_FIELD_BYTES = 64 * 1024
 """Largest text field value."""
 MAX_FIELDS = 100
@@ -124,15 +131,71 @@ def _decode_header_text(raw: bytes) -> str:
         return raw.decode("latin-1")
 
 
-def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+def _pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
     view = memoryview(data)
     try:
         while view:
-            view = view[os.write(fd, view) :]
+            written = os.pwrite(fd, view, offset)
+            view = view[written:]
+            offset += written
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise MaieError(ErrorCode.INSUFFICIENT_STORAGE, "the server is out of disk space") from exc
         raise
+
+
+_executor: ThreadPoolExecutor | None = None
+
+
+def _write_executor() -> ThreadPoolExecutor:
+    global _executor
+    if _executor is None:
+        _executor = ThreadPoolExecutor(max_workers=WRITE_THREADS, thread_name_prefix="maie-upload-write")
+    return _executor
+
+
+class _FileWriter:
+    """Writes one file from a few threads at explicit offsets, so the event loop only parses.
+
+    Disk writes off the loop overlap with reading the socket and cannot stall other requests; each
+    byte is still written once. Buffers handed to ``submit`` must not change afterwards.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.offset = 0
+        self.in_flight = 0
+        self.pending: deque[tuple[Future[None], int]] = deque()
+        self.executor = _write_executor()
+
+    def submit(self, data: bytes | bytearray | memoryview) -> None:
+        size = len(data)
+        self.pending.append((self.executor.submit(_pwrite_all, self.fd, data, self.offset), size))
+        self.offset += size
+        self.in_flight += size
+        pending = self.pending
+        while pending and pending[0][0].done():
+            self._reap()
+
+    def _reap(self) -> None:
+        future, size = self.pending.popleft()
+        self.in_flight -= size
+        future.result()  # a failed write raises here
+
+    async def drain(self, limit: int) -> None:
+        """Wait until at most ``limit`` bytes are still being written."""
+        while self.in_flight > limit:
+            await asyncio.wrap_future(self.pending[0][0])
+            self._reap()
+
+    def abort(self) -> None:
+        """Drop queued writes and wait for running ones, so the fd can be closed safely."""
+        futures = [future for future, _ in self.pending]
+        for future in futures:
+            future.cancel()
+        wait(futures)
+        self.pending.clear()
+        self.in_flight = 0
 
 
 def _multipart_boundary(request: Request) -> bytes:
@@ -199,8 +262,10 @@ class _FormReader:
         self.path: Path | None = None
         self.created_dir = False
         self.fd = -1
+        self.writer: _FileWriter | None = None
         self.buf = bytearray()
         self.file_bytes = 0
+        self.closing = False  # the file part is complete; close once the writes are done
 
         self.parser = MultipartParser(
             boundary,
@@ -299,14 +364,20 @@ class _FormReader:
         self.file_bytes += n
         if self.file_bytes > self.max_file_bytes:
             self._count_file_bytes(0)
+        writer = self.writer
+        assert writer is not None
         buf = self.buf
         if buf or n < WRITE_BYTES:
             buf += memoryview(data)[start:end]
             if len(buf) >= WRITE_BYTES:
-                _write_all(self.fd, buf)
-                buf.clear()
+                self.buf = bytearray()
+                writer.submit(buf)
+        elif type(data) is bytes:  # immutable: the writer thread can read it in place
+            writer.submit(memoryview(data)[start:end])
         else:
-            _write_all(self.fd, memoryview(data)[start:end])
+            writer.submit(bytes(data[start:end]))
+        if writer.in_flight > MAX_IN_FLIGHT_BYTES:
+            self.pending = True
 
     def _on_part_end(self) -> None:
         callbacks = self.parser.callbacks
@@ -323,7 +394,7 @@ class _FormReader:
             self.pending = True  # sniff and store the (short) head
         elif callbacks["on_part_data"] == self._on_file_data:
             self.file_ended = True
-            self.close_file()
+            self.finish_file()
         callbacks["on_part_data"] = self._on_ignored_data
 
     def _on_end(self) -> None:
@@ -359,29 +430,37 @@ class _FormReader:
             self.created_dir = True
         self.path = self.dest_dir / f"source.{container}"
         self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        self.writer = _FileWriter(self.fd)
         self.head = None
-        self.buf = head
         if len(head) >= WRITE_BYTES:
-            _write_all(self.fd, head)
-            head.clear()
+            self.writer.submit(head)
+        else:
+            self.buf = head
         if self.file_ended:
-            self.close_file()
+            self.finish_file()
         else:
             self.parser.callbacks["on_part_data"] = self._on_file_data
 
-    def close_file(self) -> None:
-        if self.fd < 0:
-            return
-        try:
-            if self.buf:
-                _write_all(self.fd, self.buf)
-                self.buf.clear()
-        finally:
-            os.close(self.fd)
-            self.fd = -1
+    def finish_file(self) -> None:
+        """The file part is complete: hand over the last bytes; ``close_file`` follows between chunks."""
+        assert self.writer is not None
+        if self.buf:
+            self.writer.submit(self.buf)
+            self.buf = bytearray()
+        self.closing = True
+        self.pending = True
+
+    async def close_file(self) -> None:
+        assert self.writer is not None
+        await self.writer.drain(0)
+        os.close(self.fd)
+        self.fd = -1
+        self.closing = False
 
     def discard(self) -> None:
         """Remove whatever this request stored. Synchronous, so cancellation cannot interrupt it."""
+        if self.writer is not None:
+            self.writer.abort()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -446,7 +525,8 @@ async def receive_form(
             raise MaieError(ErrorCode.INVALID_MULTIPART, "the body ended before the closing multipart boundary")
         if reader.head is not None and reader.container is None:
             reader.store_head()
-        reader.close_file()
+        if reader.closing:
+            await reader.close_file()
         if reader.path is None and require_file:
             raise MaieError(ErrorCode.MISSING_FILE, f"no {file_field!r} file part in the form")
         if not before_file_done:
@@ -481,4 +561,8 @@ async def _settle(reader: _FormReader, before_file: BeforeFile | None, before_fi
         before_file_done = True
     if reader.head_ready():
         reader.store_head()
+    if reader.closing:
+        await reader.close_file()
+    elif reader.writer is not None and reader.writer.in_flight > MAX_IN_FLIGHT_BYTES:
+        await reader.writer.drain(MAX_IN_FLIGHT_BYTES // 2)
     return before_file_done

@@ -9,6 +9,7 @@ from typing import Any
 
 import redis
 
+from maie.logs import correlation_id
 from maie.schemas import TERMINAL, TaskError, TaskRecord, TaskStatus
 
 PREFIX = "maie"
@@ -61,7 +62,7 @@ def _decode(raw: dict[bytes, bytes]) -> TaskRecord:
     data: dict[str, Any] = {k.decode(): v.decode() for k, v in raw.items()}
     for name in JSON_FIELDS:
         data[name] = json.loads(data[name]) if data.get(name) else None
-    for name in ("stage", "started_at", "completed_at", "filename", "submitted_at"):
+    for name in ("stage", "started_at", "completed_at", "filename", "submitted_at", "correlation_id"):
         if data.get(name) == "":
             data[name] = None
     data["progress"] = float(data.get("progress") or 0.0)
@@ -89,6 +90,7 @@ class TaskStore:
             "audio_path": audio_path,
             "attempts": 0,
             "updated_at": time.time(),
+            "correlation_id": correlation_id.get(),
         }
         pipe = self.redis.pipeline()
         pipe.hset(task_key(task_id), mapping=_encode(fields))
@@ -103,6 +105,10 @@ class TaskStore:
     def get(self, task_id: str) -> TaskRecord | None:
         raw = self.redis.hgetall(task_key(task_id))
         return _decode(raw) if raw else None
+
+    def correlation_id(self, task_id: str) -> str | None:
+        value = self.redis.hget(task_key(task_id), "correlation_id")
+        return value.decode() if value else None
 
     def audio_path(self, task_id: str) -> str | None:
         value = self.redis.hget(task_key(task_id), "audio_path")

@@ -14,6 +14,7 @@ from maie.config import Settings
 from maie.errors import ErrorCode, MaieError
 from maie.jobs.stats import record_task
 from maie.jobs.store import TaskStore, now_iso
+from maie.logs import correlation_id
 from maie.pipeline.context import BudgetExceeded, Cancelled, TaskContext
 from maie.pipeline.registry import ModelRegistry
 from maie.pipeline.run import overall_progress, run_pipeline
@@ -100,6 +101,7 @@ def process_task(task_id: str) -> str:
     record = store.get(task_id)
     if record is None or record.status.terminal:
         return "skipped"
+    correlation_id.set(store.correlation_id(task_id) or task_id)
     # Take the lease before anything else: recovery treats a running task without one as lost.
     store.hold_lease(task_id, rt.name, rt.lease_ttl_s)
     rt.current_task = task_id

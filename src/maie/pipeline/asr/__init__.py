@@ -19,6 +19,7 @@ import numpy as np
 from maie.errors import ErrorCode, MaieError
 from maie.pipeline.asr.hallucination import filter_hallucinations
 from maie.pipeline.context import SAMPLE_RATE, DecodedAudio, SpeechRegions, TaskContext, Transcript
+from maie.pipeline.vad import detect_speech, vad_threshold
 from maie.schemas import Segment, TaskStatus, Word
 
 BACKENDS = ("whisper", "chunkformer")
@@ -109,8 +110,6 @@ def monotonic(segments: list[Segment]) -> list[Segment]:
 
 
 def _empty(ctx: TaskContext, name: str) -> Transcript:
-    from maie.pipeline.vad import vad_threshold
-
     ctx.report(TaskStatus.PROCESSING_ASR, 1.0)
     return Transcript(
         segments=[],
@@ -134,8 +133,6 @@ def transcribe(ctx: TaskContext) -> Transcript:
 
         ctx.audio = decode_audio(ctx)
     if ctx.speech is None:
-        from maie.pipeline.vad import detect_speech
-
         ctx.speech = detect_speech(ctx)
     audio, speech = ctx.audio, ctx.speech
     if speech.enabled and not speech.regions:
@@ -161,6 +158,9 @@ def transcribe(ctx: TaskContext) -> Transcript:
         )
 
     transcript: Transcript = backend.transcribe(backend_ctx)
+    decoding = transcript.versions.setdefault("decoding", {})
+    decoding.setdefault("vad", speech.enabled)
+    decoding.setdefault("vad_threshold", vad_threshold(ctx) if speech.enabled else None)
     segments = transcript.segments
     if timeline is not None:
         segments = [timeline.restore(s) for s in segments]

@@ -54,7 +54,7 @@ class FbankConfig:
 
 
 @dataclass
-class ChunkFormerModel:
+class ChunkFormerCtc:
     """A loaded CTC checkpoint: the encoder and CTC head, without the attention decoder."""
 
     encoder: Any
@@ -97,7 +97,7 @@ def transcribe(ctx: TaskContext) -> Transcript:
     key = ("chunkformer", model_dir, device)
     loaded_now: list[bool] = []
 
-    def load() -> ChunkFormerModel:
+    def load() -> ChunkFormerCtc:
         loaded_now.append(True)
         return load_model(model_dir, device)
 
@@ -106,8 +106,7 @@ def transcribe(ctx: TaskContext) -> Transcript:
         chunk_size=settings.chunkformer_chunk_size,
         left_context=settings.chunkformer_left_context,
         right_context=settings.chunkformer_right_context,
-        batch_size=settings.chunkformer_batch_size
-        or max(1, PACKAGE_BATCH_FRAMES // settings.chunkformer_chunk_size // model.encoder.embed.subsampling_rate),
+        batch_size=settings.chunkformer_batch_size or _default_batch_size(model, settings.chunkformer_chunk_size),
     )
     samples = ctx.audio.samples
     duration = len(samples) / SAMPLE_RATE
@@ -150,14 +149,25 @@ def transcribe(ctx: TaskContext) -> Transcript:
     )
 
 
+def _default_batch_size(model: ChunkFormerCtc, chunk_size: int) -> int:
+    """Chunks per pass within the package's default budget of input frames."""
+    return max(1, PACKAGE_BATCH_FRAMES // (chunk_size * model.encoder.embed.subsampling_rate))
+
+
 # --- loading -------------------------------------------------------------------------------------
 
 
-def load_model(model_dir: str | Path, device: str = "cpu") -> ChunkFormerModel:
+def load_model(model_dir: str | Path, device: str = "cpu") -> ChunkFormerCtc:
     """Load a CTC ChunkFormer checkpoint directory onto ``device``."""
     torch = _import_torch()
     modules = chunkformer_modules()
     root = Path(model_dir)
+    if not root.is_dir():
+        raise MaieError(
+            ErrorCode.MODEL_UNAVAILABLE,
+            f"ChunkFormer model directory {root} does not exist: set MAIE_ASR__CHUNKFORMER_MODEL to a "
+            "downloaded checkpoint directory such as khanhld/chunkformer-large-vie.",
+        )
     config_path = root / "config.yaml"
     vocab_path = root / "vocab.txt"
     checkpoint = next((root / name for name in CHECKPOINT_NAMES if (root / name).is_file()), None)
@@ -189,21 +199,29 @@ def load_model(model_dir: str | Path, device: str = "cpu") -> ChunkFormerModel:
         encoder = modules.ChunkFormerEncoder(config["input_dim"], global_cmvn=cmvn, **config["encoder_conf"])
         blank_id = _blank_id(config, vocab)
         ctc = modules.CTC(config["output_dim"], encoder.output_size(), blank_id=blank_id)
-        # strict: a config that does not match the weights must fail here, not decode noise
-        encoder.load_state_dict(encoder_state, strict=True)
+        # strict: a config that does not match the weights must fail here, not decode noise (the
+        # package loads non-strictly). Only CMVN statistics may come from global_cmvn alone.
+        missing_keys, unexpected = encoder.load_state_dict(encoder_state, strict=False)
+        missing_keys = [k for k in missing_keys if not k.startswith("global_cmvn.")]
+        if missing_keys or unexpected:
+            raise ValueError(
+                f"config.yaml does not match the encoder weights: missing {missing_keys[:5]}, "
+                f"unexpected {unexpected[:5]}"
+            )
         ctc.load_state_dict(_substate(state, "ctc."), strict=True)
+        # the package reads a top-level fbank_conf; training recipes keep it under dataset_conf
+        fbank_conf = config.get("fbank_conf") or (config.get("dataset_conf") or {}).get("fbank_conf") or {}
+        fbank = FbankConfig(
+            num_mel_bins=int(fbank_conf.get("num_mel_bins", config["input_dim"])),
+            frame_length_ms=float(fbank_conf.get("frame_length", 25)),
+            frame_shift_ms=float(fbank_conf.get("frame_shift", 10)),
+        )
     except MaieError:
         raise
-    except (OSError, KeyError, TypeError, ValueError, RuntimeError, AssertionError) as exc:
+    except (OSError, KeyError, TypeError, ValueError, RuntimeError, AssertionError, AttributeError) as exc:
         raise MaieError(ErrorCode.MODEL_UNAVAILABLE, f"Could not load the ChunkFormer model in {root}: {exc}") from exc
-    fbank_conf = config.get("fbank_conf") or config.get("dataset_conf", {}).get("fbank_conf") or {}
-    fbank = FbankConfig(
-        num_mel_bins=int(fbank_conf.get("num_mel_bins", config["input_dim"])),
-        frame_length_ms=float(fbank_conf.get("frame_length", 25)),
-        frame_shift_ms=float(fbank_conf.get("frame_shift", 10)),
-    )
     torch_device = torch.device(device)
-    return ChunkFormerModel(
+    return ChunkFormerCtc(
         encoder=encoder.to(torch_device).eval(),
         ctc=ctc.to(torch_device).eval(),
         vocab=vocab,
@@ -365,7 +383,7 @@ class _Frames:
 
 
 def _decode_regions(
-    model: ChunkFormerModel,
+    model: ChunkFormerCtc,
     samples: np.ndarray,
     regions: Sequence[tuple[float, float]],
     decoding: Decoding,
@@ -378,7 +396,7 @@ def _decode_regions(
     results: dict[int, _Frames] = {}
     pending: list[int] = []
     pending_chunks = 0
-    features = {}
+    features: dict[int, torch.Tensor] = {}
 
     def progress(seconds: float) -> None:
         nonlocal done
@@ -430,7 +448,7 @@ def _chunk_count(n_frames: int, chunk_size: int, embed: Any) -> int:
     return 1 + max(0, math.ceil((n_frames - size) / step))
 
 
-def encode_batch(model: ChunkFormerModel, feats: Sequence[torch.Tensor], decoding: Decoding) -> list[_Frames]:
+def encode_batch(model: ChunkFormerCtc, feats: Sequence[torch.Tensor], decoding: Decoding) -> list[_Frames]:
     """One masked-batch pass over several regions (the package's ``batch_decode``)."""
     import torch
 
@@ -453,7 +471,7 @@ def encode_batch(model: ChunkFormerModel, feats: Sequence[torch.Tensor], decodin
 
 
 def encode_long(
-    model: ChunkFormerModel,
+    model: ChunkFormerCtc,
     feats: torch.Tensor,
     decoding: Decoding,
     progress_s: Callable[[float], None] = lambda seconds: None,
