@@ -76,13 +76,17 @@ def parse_options(fields: dict[str, list[str]], settings: Settings) -> TaskOptio
         value = _bool(name, _one(fields, name))
         if value is not None:
             data[name] = value
+    return check_options(build_options(data), settings)
+
+
+def build_options(data: dict[str, object]) -> TaskOptions:
+    """TaskOptions from plain values; a bad value is a 422 naming the field, never a 500."""
     try:
-        options = TaskOptions.model_validate(data)
+        return TaskOptions.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"])
         raise _bad(field, err["msg"]) from None
-    return check_options(options, settings)
 
 
 def check_options(options: TaskOptions, settings: Settings) -> TaskOptions:

@@ -25,6 +25,7 @@ Contract for callers (the ``/v1/process`` router):
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import os
 import shutil
@@ -82,6 +83,10 @@ class ParsedForm:
     file: StoredFile | None
 
 
+def _mib(size: int) -> str:
+    return f"{size / (1024 * 1024):g} MiB"
+
+
 def _too_large(message: str) -> MaieError:
     return MaieError(ErrorCode.UPLOAD_TOO_LARGE, message, headers={"Connection": "close"})
 
@@ -100,8 +105,7 @@ def check_content_length(request: Request, max_bytes: int) -> None:
         raise MaieError(ErrorCode.INVALID_MULTIPART, "Content-Length is not a number") from None
     if length > max_bytes + FIELD_SLACK_BYTES:
         raise _too_large(
-            f"the request body is {length} bytes; uploads are limited to {max_bytes} bytes "
-            f"({max_bytes // (1024 * 1024)} MiB)"
+            f"the request body is {length} bytes; uploads are limited to {_mib(max_bytes)} of audio"
         )
 
 
@@ -145,6 +149,32 @@ def _pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> N
 
 
 _executor: ThreadPoolExecutor | None = None
+_allocator_tuned = False
+
+# glibc mallopt parameters
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+def tune_allocator() -> bool:
+    """Keep the server's body-chunk buffers on the malloc heap; True when glibc took the settings.
+
+    uvicorn hands the body over in buffers of up to 256 KiB (asyncio reads 256 KiB at a time). With
+    glibc's default thresholds such buffers are mmap-ed, or the heap top is trimmed after each free, so
+    every chunk lands in fresh pages: ~2.5 page faults per 4 KiB received, and a third more CPU per
+    uploaded byte than with the buffers reused. Buffers under 1 MiB stay on the heap and at most 8 MiB
+    of free heap is kept, so resident memory stays flat. Called once by the first ``receive_form``.
+    """
+    global _allocator_tuned
+    if _allocator_tuned:
+        return True
+    _allocator_tuned = True
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    return bool(mallopt(_M_MMAP_THRESHOLD, 1024 * 1024)) and bool(mallopt(_M_TRIM_THRESHOLD, 8 * 1024 * 1024))
 
 
 def _write_executor() -> ThreadPoolExecutor:
@@ -211,26 +241,26 @@ def _multipart_boundary(request: Request) -> bytes:
     return boundary
 
 
-def _first_delimiter(buf: bytearray, delimiter: bytes) -> bytes | None:
-    """The body from its first delimiter line on, normalised for the parser; None: need more bytes.
+def _first_delimiter(buf: bytearray, delimiter: bytes, pos: int) -> tuple[bytes | None, int]:
+    """The body from its first delimiter line on, normalised for the parser (None: need more bytes),
+    and where to resume the search when more bytes arrive.
 
     Skips a preamble and the transport padding (spaces/tabs) RFC 2046 allows after a delimiter; the push
     parser handles padding after later delimiters itself but not after the first one.
     """
-    pos = 0
     while (i := buf.find(delimiter, pos)) >= 0:
         if i == 0 or buf[i - 1] == 0x0A:  # a delimiter starts a line
             end = i + len(delimiter)
             eol = buf.find(b"\n", end)
             if eol < 0:
-                return None
+                return None, i
             rest = bytes(buf[end:eol]).rstrip(b"\r")
             if not rest.strip(b" \t"):
-                return delimiter + b"\r\n" + bytes(buf[eol + 1 :])
+                return delimiter + b"\r\n" + bytes(buf[eol + 1 :]), i
             if rest.startswith(b"--"):  # close delimiter first: an empty form
-                return delimiter + b"--\r\n"
+                return delimiter + b"--\r\n", i
         pos = i + 1
-    return None
+    return None, max(0, len(buf) - len(delimiter))
 
 
 class _FormReader:
@@ -345,10 +375,7 @@ class _FormReader:
     def _count_file_bytes(self, n: int) -> None:
         self.file_bytes += n
         if self.file_bytes > self.max_file_bytes:
-            raise _too_large(
-                f"the file is larger than the limit of {self.max_file_bytes} bytes "
-                f"({self.max_file_bytes // (1024 * 1024)} MiB)"
-            )
+            raise _too_large(f"the file is larger than the upload limit of {_mib(self.max_file_bytes)}")
 
     def _on_head_data(self, data: bytes, start: int, end: int) -> None:
         self._count_file_bytes(end - start)
@@ -489,6 +516,7 @@ async def receive_form(
     docstring for when ``before_file`` runs.
     """
     boundary = _multipart_boundary(request)
+    tune_allocator()
     delimiter = b"--" + boundary
     reader = _FormReader(boundary, dest_dir, max_file_bytes, file_field)
     write = reader.parser.write
@@ -500,10 +528,11 @@ async def receive_form(
             async with aclosing(request.stream()) as stream:
                 chunks = aiter(stream)
                 preamble = bytearray()
+                scan = 0
                 async for chunk in chunks:
                     received += len(chunk)
                     preamble += chunk
-                    start = _first_delimiter(preamble, delimiter)
+                    start, scan = _first_delimiter(preamble, delimiter, scan)
                     if start is not None:
                         write(start)
                         break
@@ -515,7 +544,7 @@ async def receive_form(
                 async for chunk in chunks:
                     received += len(chunk)
                     if received > body_limit:
-                        raise _too_large(f"the request body is larger than {body_limit} bytes")
+                        raise _too_large(f"the request body is larger than {_mib(body_limit)}")
                     write(chunk)
                     if reader.pending:
                         before_file_done = await _settle(reader, before_file, before_file_done)

@@ -10,9 +10,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from maie.api.deps import QueueDep, SettingsDep, StoreDep
-from maie.api.options import ASR_BACKENDS, check_options
+from maie.api.options import ASR_BACKENDS, build_options, check_options
 from maie.api.ratelimit import RateLimitDep
-from maie.api.routers.process import accept_upload
+from maie.api.routers.process import accept_upload, multipart_body
 from maie.errors import ErrorCode, MaieError
 from maie.exports import render_transcript
 from maie.jobs import queue as jobs
@@ -51,12 +51,14 @@ def options_from_openai(fields: dict[str, list[str]]) -> tuple[TaskOptions, str]
         if g not in ("word", "segment"):
             raise MaieError(ErrorCode.INVALID_FIELD, "timestamp_granularities[]: expected word or segment")
     model = _one(fields, "model", "whisper-1")
-    options = TaskOptions(
-        features=[Feature.RAW_TRANSCRIPT],
-        asr_backend=model if model in ASR_BACKENDS else None,  # any other name: the configured default
-        language=_one(fields, "language"),
-        initial_prompt=_one(fields, "prompt"),
-        word_timestamps="word" in granularities,
+    options = build_options(
+        {
+            "features": [Feature.RAW_TRANSCRIPT],
+            "asr_backend": model if model in ASR_BACKENDS else None,  # any other name: the configured default
+            "language": _one(fields, "language"),
+            "initial_prompt": _one(fields, "prompt"),
+            "word_timestamps": "word" in granularities,
+        }
     )
     return options, response_format or "json"
 
@@ -94,7 +96,18 @@ def verbose_json(results: dict[str, Any], duration: float | None, words: bool) -
     return out
 
 
-@router.post("/transcriptions", summary="OpenAI-compatible transcription (synchronous)")
+OPENAI_FIELDS: dict[str, dict] = {
+    "model": {"type": "string", "description": "whisper-1 (or any name) = the default backend; or chunkformer."},
+    "language": {"type": "string"},
+    "prompt": {"type": "string", "maxLength": 2000},
+    "response_format": {"type": "string", "enum": list(RESPONSE_FORMATS)},
+    "temperature": {"type": "number", "minimum": 0, "maximum": 1},
+    "timestamp_granularities[]": {"type": "array", "items": {"type": "string", "enum": ["word", "segment"]}},
+}
+
+
+@router.post("/transcriptions", summary="OpenAI-compatible transcription (synchronous)",
+             openapi_extra=multipart_body(OPENAI_FIELDS))  # fmt: skip
 async def transcriptions(
     request: Request, _: RateLimitDep, settings: SettingsDep, store: StoreDep, queue: QueueDep
 ) -> Response:

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from maie.api.deps import QueueDep, SettingsDep, StoreDep
-from maie.api.options import check_options, parse_features, parse_options
+from maie.api.options import build_options, check_options, parse_features, parse_options
 from maie.api.ratelimit import RateLimitDep
 from maie.api.uploads import check_content_length, receive_form
 from maie.config import Settings
@@ -112,7 +112,46 @@ async def accept_upload(
     return task_id, options, duration
 
 
-@router.post("/process", status_code=202, response_model=Accepted, summary="Upload audio and start a task")
+def multipart_body(fields: dict[str, dict]) -> dict:
+    """OpenAPI for a multipart body we parse ourselves (so /docs and client generators see the fields)."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file"],
+                        "properties": {**fields, "file": {"type": "string", "format": "binary"}},
+                    },
+                    "encoding": {"features": {"style": "form", "explode": True}},
+                }
+            },
+        }
+    }
+
+
+PROCESS_FIELDS: dict[str, dict] = {
+    "features": {"type": "array", "items": {"type": "string", "enum": [f.value for f in Feature]},
+                 "description": "Repeat the field or send a comma list. Default: raw_transcript."},
+    "template_id": {"type": "string", "description": "Summary template (default: MAIE_DEFAULT_TEMPLATE_ID)."},
+    "asr_backend": {"type": "string", "enum": ["whisper", "chunkformer"]},
+    "language": {"type": "string", "description": "Language code (en, vi...); default: detect."},
+    "initial_prompt": {"type": "string", "maxLength": 2000},
+    "hotwords": {"type": "string", "maxLength": 2000},
+    "word_timestamps": {"type": "boolean"},
+    "enable_vad": {"type": "boolean"},
+    "vad_threshold": {"type": "number", "minimum": 0, "maximum": 1},
+    "enable_diarization": {"type": "boolean"},
+    "diarize_by_channel": {"type": "boolean"},
+    "min_speakers": {"type": "integer", "minimum": 1, "maximum": 32},
+    "max_speakers": {"type": "integer", "minimum": 1, "maximum": 32},
+    "callback_url": {"type": "string", "format": "uri", "description": "Webhook on a terminal state."},
+}  # fmt: skip
+
+
+@router.post("/process", status_code=202, response_model=Accepted, summary="Upload audio and start a task",
+             openapi_extra=multipart_body(PROCESS_FIELDS))  # fmt: skip
 async def process(
     request: Request, _: RateLimitDep, settings: SettingsDep, store: StoreDep, queue: QueueDep
 ) -> Accepted:
@@ -136,10 +175,8 @@ def process_text(
     body: TextRequest, request: Request, _: RateLimitDep, settings: SettingsDep, store: StoreDep, queue: QueueDep
 ) -> Accepted:
     check_capacity(queue, settings)
-    options = TaskOptions(
-        features=parse_features(body.features), template_id=body.template_id, text=body.text,
-        callback_url=body.callback_url,
-    )  # fmt: skip
+    options = build_options({"features": parse_features(body.features), "template_id": body.template_id,
+                             "text": body.text, "callback_url": body.callback_url})  # fmt: skip
     options = check_options(options, settings)
     check_template(request, options.template_id)
     task_id = str(uuid.uuid4())
