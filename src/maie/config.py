@@ -130,6 +130,35 @@ class DiarizationSettings(BaseModel):
     embedding + clustering diarizer."""
     max_speakers: int = Field(default=8, ge=1, le=32)
     """Upper bound on the automatic speaker count."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where the speaker encoder runs. ``auto`` picks CUDA when torch sees a GPU."""
+    window_s: float = Field(default=1.5, ge=0.5, le=5.0)
+    """Length of the audio window behind one speaker embedding."""
+    step_s: float = Field(default=0.75, ge=0.1, le=5.0)
+    """Hop between embedding windows; also the time resolution of speaker changes."""
+    min_region_s: float = Field(default=0.5, ge=0.1, le=5.0)
+    """Speech regions shorter than this get no embedding of their own; they take the nearest label."""
+    vad_mode: int = Field(default=3, ge=0, le=3)
+    """webrtcvad aggressiveness (0..3) for the speech the diarizer embeds."""
+    energy_floor_db: float = Field(default=30.0, ge=5.0, le=90.0)
+    """Frames quieter than the loud speech by more than this many dB are not embedded (hum, room tone)."""
+    min_gap_s: float = Field(default=0.2, ge=0.0, le=5.0)
+    """Pauses shorter than this do not split a speech region."""
+    max_spectral_size: int = Field(default=600, ge=32)
+    """Above this many windows, spectral clustering runs on agglomerative pre-clusters (bounds memory)."""
+    batch_size: int = Field(default=64, ge=1, le=1024)
+    """Windows embedded per encoder call."""
+    split_min_z: float = Field(default=0.18, ge=0.0)
+    """Automatic count: a cluster is split in two when (within − between cosine similarity) ×
+    sqrt(windows in the smaller half, at most 30) reaches this ..."""
+    split_min_gap: float = Field(default=0.04, ge=0.0)
+    """... and the within − between similarity gap itself reaches this (keeps long one-speaker
+    recordings, where small acoustic drifts become 'significant', in one piece) ..."""
+    split_max_between: float = Field(default=0.65, ge=-1.0, le=1.0)
+    """... or, regardless of both, the two halves are less similar than this on average."""
+    channel_dominance_db: float = Field(default=15.0, ge=0.0, le=60.0)
+    """Diarizing by channel: a channel counts as talking only within this many dB of the loudest
+    channel in that frame, so cross-talk bleeding into the other microphone is ignored."""
 
 
 class Settings(BaseSettings):
@@ -217,6 +246,18 @@ class SettingsError(Exception):
 def env_name(loc: tuple[int | str, ...]) -> str:
     """``("asr", "whisper_cpu_threads")`` -> ``MAIE_ASR__WHISPER_CPU_THREADS``."""
     return ENV_PREFIX + ENV_NESTED_DELIMITER.join(str(p).upper() for p in loc if isinstance(p, str))
+
+
+def all_env_names() -> set[str]:
+    """Every environment variable the settings read (deployment files are checked against this)."""
+    names = set()
+    for name, field in Settings.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            names.update(env_name((name, sub)) for sub in annotation.model_fields)
+        else:
+            names.add(env_name((name,)))
+    return names
 
 
 def load_settings() -> Settings:
