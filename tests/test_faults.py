@@ -224,3 +224,23 @@ def test_redis_restart_loses_no_task_and_api_recovers(tmp_path: Path, shared_aud
         svc.stop()
         redis_proc.terminate()
         redis_proc.wait(10)
+
+
+def test_embedded_redis_killed_is_restarted_with_its_data(tmp_path: Path, shared_audio: Path) -> None:
+    svc = start_service(tmp_path / "data", workers=0)
+    try:
+        svc.wait_ready(need_worker=False)
+        with svc.client() as client:
+            task_id = submit(client, shared_audio / "jfk.flac")
+            time.sleep(1.5)  # appendfsync everysec: let the AOF reach the disk
+            [redis_proc] = [c for c in svc.children() if "redis-server" in " ".join(c.cmdline())]
+            redis_proc.kill()
+            deadline = time.monotonic() + 30
+            while (r := client.get(f"/v1/status/{task_id}")).status_code != 200:
+                assert r.status_code == 503 and r.json()["code"] == "SERVICE_UNAVAILABLE", r.text
+                assert time.monotonic() < deadline, "embedded redis did not come back"
+                time.sleep(0.2)
+            assert r.json()["status"] == "PENDING"
+        assert [c for c in svc.children() if "redis-server" in " ".join(c.cmdline())]
+    finally:
+        svc.stop()

@@ -64,6 +64,7 @@ def serve(
     if not settings.redis_url:
         embedded = EmbeddedRedis(settings.data_dir)
         settings.redis_url = embedded.start()
+        embedded.watch()
     env = {**os.environ, "MAIE_REDIS_URL": settings.redis_url, "MAIE_DATA_DIR": str(settings.data_dir.resolve())}
     supervisor = WorkerSupervisor(workers, env)
     supervisor.start()

@@ -33,16 +33,20 @@ class _ProgressBar:
     def __init__(self, label: str) -> None:
         from tqdm import tqdm
 
-        self._bar = tqdm(total=100, desc=label, unit="%", leave=True, dynamic_ncols=True,
-                         bar_format="{desc} {percentage:3.0f}%|{bar}| {postfix}")  # fmt: skip
+        self._label = label
+        self._bar = tqdm(total=100, desc=label, leave=True, dynamic_ncols=True,
+                         bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}")  # fmt: skip
         self._done = 0
 
     def __call__(self, event: dict[str, Any]) -> None:
+        stage = str(event.get("stage") or event.get("status") or "").lower()
+        self._bar.set_description_str(f"{self._label} {stage:<15}", refresh=False)
         target = round(100 * float(event.get("progress") or 0.0))
         if target > self._done:
             self._bar.update(target - self._done)
             self._done = target
-        self._bar.set_postfix_str(str(event.get("stage") or event.get("status") or "").lower())
+        else:
+            self._bar.refresh()
 
     def close(self) -> None:
         self._bar.close()

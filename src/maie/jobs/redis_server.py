@@ -7,6 +7,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -46,6 +47,7 @@ class EmbeddedRedis:
         self.dir = (data_dir / "redis").resolve()
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self._stopping = threading.Event()
 
     @property
     def url(self) -> str:
@@ -80,7 +82,22 @@ class EmbeddedRedis:
         self.stop()
         raise RuntimeError(f"embedded redis did not answer within {timeout_s}s")
 
+    def watch(self, interval_s: float = 1.0) -> None:
+        """Restart redis-server on the same port and AOF if it dies, so the embedded default heals itself."""
+
+        def loop() -> None:
+            while not self._stopping.wait(interval_s):
+                if self.proc is not None and self.proc.poll() is not None:
+                    log.warning("embedded redis exited with %s; restarting", self.proc.returncode)
+                    try:
+                        self.start()
+                    except RuntimeError as exc:
+                        log.error("could not restart embedded redis: %s", exc)
+
+        threading.Thread(target=loop, daemon=True, name="maie-redis-watch").start()
+
     def stop(self, timeout_s: float = 10.0) -> None:
+        self._stopping.set()
         if self.proc is None or self.proc.poll() is not None:
             return
         # SIGTERM makes redis flush the AOF before exiting.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Literal
 
@@ -20,6 +21,8 @@ from maie.schemas import Segment, TaskRecord, TaskStatus
 from maie.webhooks import notify_if_wanted
 
 router = APIRouter(prefix="/v1", tags=["tasks"])
+RESYNC_S = 5.0
+"""Seconds without an event after which the SSE stream re-reads the task record."""
 
 
 def get_record(store: TaskStore, task_id: str) -> TaskRecord:
@@ -103,11 +106,20 @@ async def _event_stream(request: Request, store: TaskStore, task_id: str) -> Asy
         yield {"event": "status", "data": json.dumps(last)}
         if record.status.terminal:
             return
+        quiet_since = time.monotonic()
         while not await request.is_disconnected():
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-            if message is None:
+            if message is not None:
+                event = json.loads(message["data"])
+            elif time.monotonic() - quiet_since > RESYNC_S:
+                # Pub/sub is fire-and-forget (a Redis restart drops it): re-read the record now and then.
+                record = await asyncio.to_thread(store.get, task_id)
+                if record is None:
+                    return
+                event = _snapshot(record)
+            else:
                 continue
-            event = json.loads(message["data"])
+            quiet_since = time.monotonic()
             if event == last:
                 continue
             last = event

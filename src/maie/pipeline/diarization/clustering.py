@@ -1,0 +1,159 @@
+"""Window embeddings -> speaker labels: count the speakers, then spectral clustering with that count.
+
+Spectral clustering (spectralcluster, default settings, no affinity refinement) is accurate once
+it is told the count, but its eigengap estimate says 1 on real two-speaker audio because the
+(cos + 1) / 2 affinity has one dominant eigenvalue. A plain cosine threshold fails the other way:
+a single noisy voice (jfk.flac) has window-to-window similarities as low as two similar voices.
+
+The count comes from divisive splitting instead. A cluster is cut in two (spectral, k = 2) and the
+cut is kept when the halves are really different:
+
+- ``z = gap * sqrt(min(n_a, n_b, 30)) >= min_z`` and ``gap >= min_gap``, where ``gap`` is the mean
+  cosine similarity of windows within a half minus that across the halves. Pairs of windows that
+  overlap in time are left out (they share audio). The square root makes a cut of a few windows
+  need a larger gap; the cap and ``min_gap`` stop long recordings of one voice from being cut
+  over small acoustic drifts that become 'significant' with thousands of windows.
+- or the halves are simply far apart: mean cross similarity ``<= max_between``.
+
+The largest cluster is tried first until nothing splits or the upper bound is reached.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+
+import numpy as np
+
+STAT_WINDOWS = 600
+"""At most this many windows (evenly spaced in time) enter the within/between similarity
+statistics of one cut: the statistics are means, and this bounds the pairwise matrix."""
+Z_CAP = 30
+"""Windows counted in the significance of a cut: beyond this, more audio adds no more evidence."""
+MIN_WINDOWS = 2
+"""Each half of a cut needs at least this many windows (about 2.25 s of speech)."""
+
+
+@dataclass(frozen=True)
+class SplitRule:
+    min_z: float = 0.18
+    min_gap: float = 0.04
+    max_between: float = 0.65
+    overlap_s: float = 1.6
+    """Windows whose centres are closer than this share audio; their similarity is not evidence."""
+
+
+@dataclass(frozen=True)
+class Cut:
+    left: np.ndarray
+    right: np.ndarray
+    z: float
+    gap: float
+    between: float
+
+
+def _spectral(embeddings: np.ndarray, k: int, max_spectral_size: int) -> np.ndarray:
+    from spectralcluster import SpectralClusterer
+
+    clusterer = SpectralClusterer(
+        min_clusters=k,
+        max_clusters=k,
+        max_spectral_size=max_spectral_size if len(embeddings) > max_spectral_size else None,
+    )
+    return np.asarray(clusterer.predict(embeddings.astype(np.float64)), dtype=int)
+
+
+def _evenly(indices: np.ndarray, most: int) -> np.ndarray:
+    if len(indices) <= most:
+        return indices
+    return indices[np.linspace(0, len(indices) - 1, most).round().astype(int)]
+
+
+def cut_statistics(
+    embeddings: np.ndarray, centers: np.ndarray, left: np.ndarray, right: np.ndarray, rule: SplitRule
+) -> tuple[float, float, float]:
+    """(z, gap, between) of splitting into ``left`` and ``right`` (index arrays)."""
+    a = _evenly(left, STAT_WINDOWS // 2)
+    b = _evenly(right, STAT_WINDOWS // 2)
+
+    def within(idx: np.ndarray) -> float:
+        sims = embeddings[idx] @ embeddings[idx].T
+        apart = np.abs(centers[idx][:, None] - centers[idx][None, :]) >= rule.overlap_s
+        values = sims[np.triu(apart, 1)]
+        return float(values.mean()) if len(values) else np.nan
+
+    cross = embeddings[a] @ embeddings[b].T
+    apart = np.abs(centers[a][:, None] - centers[b][None, :]) >= rule.overlap_s
+    between = float(cross[apart].mean()) if apart.any() else float(cross.mean())
+    inner = [w for w in (within(a), within(b)) if not np.isnan(w)]
+    gap = float(np.mean(inner)) - between if inner else float("nan")
+    z = gap * np.sqrt(min(len(left), len(right), Z_CAP))
+    return z, gap, between
+
+
+def try_cut(
+    embeddings: np.ndarray, centers: np.ndarray, members: np.ndarray, rule: SplitRule, max_spectral_size: int
+) -> Cut | None:
+    """The spectral 2-way cut of ``members`` if it separates two speakers, else None."""
+    if len(members) < 2 * MIN_WINDOWS:
+        return None
+    labels = _spectral(embeddings[members], 2, max_spectral_size)
+    left, right = members[labels == 0], members[labels == 1]
+    if min(len(left), len(right)) < MIN_WINDOWS:
+        return None
+    z, gap, between = cut_statistics(embeddings, centers, left, right, rule)
+    distinct = (z >= rule.min_z and gap >= rule.min_gap) or between <= rule.max_between
+    return Cut(left, right, z, gap, between) if distinct else None
+
+
+def estimate_count(
+    embeddings: np.ndarray,
+    centers: np.ndarray,
+    *,
+    rule: SplitRule,
+    max_speakers: int,
+    max_spectral_size: int,
+) -> int:
+    """How many speakers the windows hold (1..max_speakers)."""
+    if len(embeddings) == 0:
+        return 0
+    # Largest cluster first: a heap of (-size, tiebreak, members); rejected clusters are final.
+    heap: list[tuple[int, int, np.ndarray]] = [(-len(embeddings), 0, np.arange(len(embeddings)))]
+    final = 0
+    counter = 1
+    while heap and final + len(heap) < max_speakers:
+        _, _, members = heapq.heappop(heap)
+        cut = try_cut(embeddings, centers, members, rule, max_spectral_size)
+        if cut is None:
+            final += 1
+            continue
+        for part in (cut.left, cut.right):
+            heapq.heappush(heap, (-len(part), counter, part))
+            counter += 1
+    return final + len(heap)
+
+
+def cluster(
+    embeddings: np.ndarray,
+    centers: np.ndarray,
+    *,
+    min_speakers: int | None,
+    max_speakers: int | None,
+    default_max: int,
+    rule: SplitRule,
+    max_spectral_size: int,
+) -> np.ndarray:
+    """A speaker label per window. The count is fixed when min == max, else estimated and clamped."""
+    n = len(embeddings)
+    if n == 0:
+        return np.zeros(0, dtype=int)
+    upper = min(max_speakers or max(default_max, min_speakers or 1), n)
+    lower = min(min_speakers or 1, upper)
+    if lower == upper:
+        k = lower
+    else:
+        k = estimate_count(embeddings, centers, rule=rule, max_speakers=upper, max_spectral_size=max_spectral_size)
+        k = min(max(k, lower), upper)
+    if k <= 1:
+        return np.zeros(n, dtype=int)
+    return _spectral(embeddings, k, max_spectral_size)
