@@ -234,6 +234,19 @@ def test_local_model_directory(make_ctx, shared_audio: Path) -> None:
     assert words(transcript.text) == words(JFK_REFERENCE)
 
 
+def test_dispatch_to_chunkformer(make_ctx, shared_audio: Path) -> None:
+    """The request's asr_backend, else the configured default, picks the backend module."""
+    for ctx in (
+        make_ctx(shared_audio / "jfk.flac", asr_backend="chunkformer"),
+        make_ctx(shared_audio / "jfk.flac", settings=Settings(asr=AsrSettings(default_backend="chunkformer"))),
+    ):
+        with pytest.raises(MaieError) as err:
+            run(ctx)
+        # No ChunkFormer checkpoint is configured here: the chunkformer module itself says so.
+        assert err.value.code == ErrorCode.MODEL_UNAVAILABLE
+        assert "CHUNKFORMER" in err.value.message
+
+
 def test_unknown_backend(make_ctx, shared_audio: Path) -> None:
     with pytest.raises(MaieError) as err:
         run(make_ctx(shared_audio / "jfk.flac", asr_backend="kaldi"))

@@ -55,7 +55,9 @@ def load_encoder(device: str) -> Any:
     try:
         from resemblyzer import VoiceEncoder
     except ImportError as exc:
-        raise MaieError(ErrorCode.DIARIZATION_FAILED, f"speaker diarization is not installed ({exc}); {EXTRA_HINT}")
+        raise MaieError(
+            ErrorCode.DIARIZATION_FAILED, f"speaker diarization is not installed ({exc}); {EXTRA_HINT}"
+        ) from exc
     encoder = VoiceEncoder(device=device, verbose=False)
     encoder.eval()
     return encoder
