@@ -38,9 +38,13 @@ def bare_seconds(model: object, path: Path) -> float:
     audio = decode_audio(str(path), sampling_rate=16000)
     started = time.perf_counter()
     segments, _ = model.transcribe(  # type: ignore[attr-defined]
-        audio, language="en", beam_size=5, vad_filter=True, condition_on_previous_text=False,
+        audio,
+        language="en",
+        beam_size=5,
+        vad_filter=True,
+        condition_on_previous_text=False,
         vad_parameters={"threshold": 0.5, "min_silence_duration_ms": 500, "speech_pad_ms": 200},
-    )  # fmt: skip
+    )
     for _ in segments:
         pass
     return time.perf_counter() - started
@@ -127,8 +131,10 @@ def main() -> None:
                 total_bare += bare
                 total_maie += maie
                 print(f"{name:28} {dur:8.1f} {bare:8.2f} {maie:8.2f} {maie / bare:6.2f} {maie / dur:9.3f}")
-            print(f"{'all files':28} {'':8} {total_bare:8.2f} {total_maie:8.2f} {total_maie / total_bare:6.2f}"
-                  "   (goal <= 1.10)")  # fmt: skip
+            print(
+                f"{'all files':28} {'':8} {total_bare:8.2f} {total_maie:8.2f} {total_maie / total_bare:6.2f}"
+                "   (goal <= 1.10)"
+            )
 
             if args.skip_long:
                 return

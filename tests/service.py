@@ -73,8 +73,9 @@ class Service:
                 self.proc.wait()
 
 
-def start_service(data_dir: Path, *, workers: int = 1, env: dict[str, str] | None = None,
-                  port: int | None = None) -> Service:  # fmt: skip
+def start_service(
+    data_dir: Path, *, workers: int = 1, env: dict[str, str] | None = None, port: int | None = None
+) -> Service:
     port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir.parent / f"serve-{port}.log"
@@ -89,8 +90,11 @@ def start_service(data_dir: Path, *, workers: int = 1, env: dict[str, str] | Non
     with open(log_path, "ab") as log_file:
         proc = subprocess.Popen(
             [sys.executable, "-m", "maie", "serve", "--port", str(port), "--workers", str(workers)],
-            env=full_env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+            env=full_env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
     return Service(proc=proc, base_url=f"http://127.0.0.1:{port}", data_dir=data_dir, log_path=log_path)
 
 

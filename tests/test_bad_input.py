@@ -73,9 +73,13 @@ def declared_oversize(c: httpx.Client) -> httpx.Response:
     import socket
 
     with socket.create_connection((c.base_url.host, c.base_url.port), timeout=10) as s:
-        s.sendall(b"POST /v1/process HTTP/1.1\r\nHost: x\r\nX-API-Key: " + API_KEY.encode()
-                  + b"\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: "
-                  + str(50 * 1024**3).encode() + b"\r\n\r\n")  # fmt: skip
+        s.sendall(
+            b"POST /v1/process HTTP/1.1\r\nHost: x\r\nX-API-Key: "
+            + API_KEY.encode()
+            + b"\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: "
+            + str(50 * 1024**3).encode()
+            + b"\r\n\r\n"
+        )
         raw = b""
         while chunk := s.recv(65536):
             raw += chunk
@@ -86,16 +90,23 @@ def declared_oversize(c: httpx.Client) -> httpx.Response:
 EVIL_TEMPLATE = {
     "id": "evil",
     "prompt": "{{ ''.__class__.__mro__[1].__subclasses__() }} {{ transcript }}",
-    "schema": {"type": "object", "properties": {"tags": {"type": "array", "items": {"type": "string"}}},
-               "required": ["tags"]},
+    "schema": {
+        "type": "object",
+        "properties": {"tags": {"type": "array", "items": {"type": "string"}}},
+        "required": ["tags"],
+    },
     "example": {"tags": ["x"]},
-}  # fmt: skip
+}
 
 CASES: list[tuple[str, Callable[[httpx.Client], httpx.Response], int, str]] = [
     ("no key", lambda c: httpx.get(c.base_url.join("/v1/templates")), 401, "UNAUTHORIZED"),
     ("wrong key", lambda c: c.get("/v1/templates", headers={"X-API-Key": "nope"}), 401, "UNAUTHORIZED"),
-    ("empty bearer", lambda c: httpx.get(c.base_url.join("/v1/templates"), headers={"Authorization": "Bearer"}),
-     401, "UNAUTHORIZED"),
+    (
+        "empty bearer",
+        lambda c: httpx.get(c.base_url.join("/v1/templates"), headers={"Authorization": "Bearer"}),
+        401,
+        "UNAUTHORIZED",
+    ),
     ("basic auth", lambda c: httpx.get(c.base_url.join("/v1/templates"), auth=("u", API_KEY)), 401, "UNAUTHORIZED"),
     ("unknown task", lambda c: c.get("/v1/status/00000000-0000-0000-0000-000000000000"), 404, "TASK_NOT_FOUND"),
     ("unknown task transcript", lambda c: c.get("/v1/tasks/nope/transcript"), 404, "TASK_NOT_FOUND"),
@@ -107,16 +118,28 @@ CASES: list[tuple[str, Callable[[httpx.Client], httpx.Response], int, str]] = [
     ("unknown route", lambda c: c.get("/v1/teleport"), 404, "NOT_FOUND"),
     ("wrong method", lambda c: c.patch("/v1/process"), 405, "METHOD_NOT_ALLOWED"),
     ("json instead of multipart", lambda c: c.post("/v1/process", json={"file": "x"}), 400, "INVALID_MULTIPART"),
-    ("multipart without boundary",
-     lambda c: c.post("/v1/process", content=b"abc", headers={"Content-Type": "multipart/form-data"}),
-     400, "INVALID_MULTIPART"),
-    ("garbage body", lambda c: c.post("/v1/process", content=b"\x00garbage" * 100,
-                                      headers={"Content-Type": "multipart/form-data; boundary=XyZ"}),
-     400, "INVALID_MULTIPART"),
+    (
+        "multipart without boundary",
+        lambda c: c.post("/v1/process", content=b"abc", headers={"Content-Type": "multipart/form-data"}),
+        400,
+        "INVALID_MULTIPART",
+    ),
+    (
+        "garbage body",
+        lambda c: c.post(
+            "/v1/process", content=b"\x00garbage" * 100, headers={"Content-Type": "multipart/form-data; boundary=XyZ"}
+        ),
+        400,
+        "INVALID_MULTIPART",
+    ),
     ("no file part", post_parts([("features", None, b"raw_transcript")]), 422, "MISSING_FILE"),
     ("two files", post_parts([("file", "a.wav", wav()), ("file", "b.wav", wav())]), 400, "INVALID_MULTIPART"),
-    ("huge text field", post_parts([("initial_prompt", None, b"x" * 100_000), ("file", "a.wav", wav())]),
-     422, "INVALID_FIELD"),
+    (
+        "huge text field",
+        post_parts([("initial_prompt", None, b"x" * 100_000), ("file", "a.wav", wav())]),
+        422,
+        "INVALID_FIELD",
+    ),
     ("unknown feature", upload({"features": "telepathy"}), 422, "INVALID_FIELD"),
     ("empty features", upload({"features": ","}), 422, "INVALID_FIELD"),
     ("vad threshold not a number", upload({"vad_threshold": "abc"}), 422, "INVALID_FIELD"),
@@ -127,8 +150,12 @@ CASES: list[tuple[str, Callable[[httpx.Client], httpx.Response], int, str]] = [
     ("unknown backend", upload({"asr_backend": "kaldi"}), 422, "INVALID_FIELD"),
     ("bad language", upload({"language": "english!!"}), 422, "INVALID_FIELD"),
     ("unknown field", upload({"colour": "blue"}), 422, "INVALID_FIELD"),
-    ("field given twice", post_parts([("language", None, b"en"), ("language", None, b"vi"), ("file", "a.wav", wav())]),
-     422, "INVALID_FIELD"),
+    (
+        "field given twice",
+        post_parts([("language", None, b"en"), ("language", None, b"vi"), ("file", "a.wav", wav())]),
+        422,
+        "INVALID_FIELD",
+    ),
     ("unknown template in upload", upload({"features": "summary", "template_id": "nope"}), 404, "TEMPLATE_NOT_FOUND"),
     ("callback not http", upload({"callback_url": "file:///etc/passwd"}), 422, "INVALID_FIELD"),
     ("callback to loopback", upload({"callback_url": "http://127.0.0.1/x"}), 422, "INVALID_FIELD"),
@@ -138,38 +165,69 @@ CASES: list[tuple[str, Callable[[httpx.Client], httpx.Response], int, str]] = [
     ("content-length over limit", declared_oversize, 413, "UPLOAD_TOO_LARGE"),
     ("chunked over limit", chunked_oversize, 413, "UPLOAD_TOO_LARGE"),
     ("process_text empty", lambda c: c.post("/v1/process_text", json={"text": ""}), 422, "VALIDATION_ERROR"),
-    ("process_text not json", lambda c: c.post("/v1/process_text", content=b"{nope",
-                                               headers={"Content-Type": "application/json"}), 422, "VALIDATION_ERROR"),
-    ("process_text unknown template",
-     lambda c: c.post("/v1/process_text", json={"text": "hi", "features": ["summary"], "template_id": "nope"}),
-     404, "TEMPLATE_NOT_FOUND"),
+    (
+        "process_text not json",
+        lambda c: c.post("/v1/process_text", content=b"{nope", headers={"Content-Type": "application/json"}),
+        422,
+        "VALIDATION_ERROR",
+    ),
+    (
+        "process_text unknown template",
+        lambda c: c.post("/v1/process_text", json={"text": "hi", "features": ["summary"], "template_id": "nope"}),
+        404,
+        "TEMPLATE_NOT_FOUND",
+    ),
     ("process_text wrong type", lambda c: c.post("/v1/process_text", json={"text": 5}), 422, "VALIDATION_ERROR"),
     ("bad export format", lambda c: c.get("/v1/tasks/nope/transcript?format=doc"), 422, "VALIDATION_ERROR"),
     ("bad list limit", lambda c: c.get("/v1/tasks?limit=0"), 422, "VALIDATION_ERROR"),
-    ("template with invalid schema",
-     lambda c: c.post("/v1/templates", json={**EVIL_TEMPLATE, "id": "badschema", "prompt": "{{ transcript }}",
-                                             "schema": {"type": "nonsense"}}),
-     422, "TEMPLATE_INVALID"),
+    (
+        "template with invalid schema",
+        lambda c: c.post(
+            "/v1/templates",
+            json={**EVIL_TEMPLATE, "id": "badschema", "prompt": "{{ transcript }}", "schema": {"type": "nonsense"}},
+        ),
+        422,
+        "TEMPLATE_INVALID",
+    ),
     ("template escaping the sandbox", lambda c: c.post("/v1/templates", json=EVIL_TEMPLATE), 422, "TEMPLATE_INVALID"),
-    ("template via globals",
-     lambda c: c.post("/v1/templates", json={**EVIL_TEMPLATE, "id": "evil2",
-                                             "prompt": "{{ cycler.__init__.__globals__.os }} {{ transcript }}"}),
-     422, "TEMPLATE_INVALID"),
-    ("overwrite built-in template",
-     lambda c: c.put("/v1/templates/generic_summary_en_v2", json={"prompt": "{{ transcript }}"}),
-     403, "TEMPLATE_READ_ONLY"),
-    ("openai bad response_format",
-     lambda c: c.post("/v1/audio/transcriptions", data={"model": "whisper-1", "response_format": "xml"},
-                      files={"file": ("a.wav", wav())}),
-     422, "INVALID_FIELD"),
-    ("openai no file", lambda c: c.post("/v1/audio/transcriptions", files={"model": (None, "whisper-1")}),
-     422, "MISSING_FILE"),
-]  # fmt: skip
+    (
+        "template via globals",
+        lambda c: c.post(
+            "/v1/templates",
+            json={**EVIL_TEMPLATE, "id": "evil2", "prompt": "{{ cycler.__init__.__globals__.os }} {{ transcript }}"},
+        ),
+        422,
+        "TEMPLATE_INVALID",
+    ),
+    (
+        "overwrite built-in template",
+        lambda c: c.put("/v1/templates/generic_summary_en_v2", json={"prompt": "{{ transcript }}"}),
+        403,
+        "TEMPLATE_READ_ONLY",
+    ),
+    (
+        "openai bad response_format",
+        lambda c: c.post(
+            "/v1/audio/transcriptions",
+            data={"model": "whisper-1", "response_format": "xml"},
+            files={"file": ("a.wav", wav())},
+        ),
+        422,
+        "INVALID_FIELD",
+    ),
+    (
+        "openai no file",
+        lambda c: c.post("/v1/audio/transcriptions", files={"model": (None, "whisper-1")}),
+        422,
+        "MISSING_FILE",
+    ),
+]
 
 
 @pytest.mark.parametrize(("name", "call", "status", "code"), CASES, ids=[c[0] for c in CASES])
-def test_bad_input(service: Service, name: str, call: Callable[[httpx.Client], httpx.Response], status: int,
-                   code: str) -> None:  # fmt: skip
+def test_bad_input(
+    service: Service, name: str, call: Callable[[httpx.Client], httpx.Response], status: int, code: str
+) -> None:
     audio_root = service.data_dir / "audio"
     before = sorted(audio_root.iterdir()) if audio_root.exists() else []
     with service.client() as client:

@@ -14,15 +14,24 @@ import srt
 
 def maie(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, "MAIE_DATA_DIR": str(cwd / "data"), "MAIE_REDIS_URL": "", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "maie", *args], cwd=cwd, env=full_env, capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "maie", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=600
+    )
 
 
 @pytest.mark.slow
 def test_process_writes_exports_with_progress(tmp_path: Path, shared_audio: Path) -> None:
     out = tmp_path / "out"
-    run = maie("process", str(shared_audio / "jfk.flac"), str(shared_audio / "hotwords.mp3"), "--format", "srt",
-               "-o", str(out), cwd=tmp_path)  # fmt: skip
+    run = maie(
+        "process",
+        str(shared_audio / "jfk.flac"),
+        str(shared_audio / "hotwords.mp3"),
+        "--format",
+        "srt",
+        "-o",
+        str(out),
+        cwd=tmp_path,
+    )
     assert run.returncode == 0, run.stderr
     subs = list(srt.parse((out / "jfk.srt").read_text()))
     assert "ask not what your country" in " ".join(s.content for s in subs).lower()

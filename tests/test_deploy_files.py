@@ -35,7 +35,7 @@ def test_compose_has_no_default_keys() -> None:
 
 
 def test_settings_names_cover_the_contract() -> None:
-    contract = (ROOT.parent / "shared" / "ARCHITECTURE.md")
+    contract = ROOT.parent / "shared" / "ARCHITECTURE.md"
     if not contract.exists():
         pytest.skip("ARCHITECTURE.md not beside the checkout")
     named = set(NAME.findall(contract.read_text()))

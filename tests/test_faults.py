@@ -102,11 +102,13 @@ def test_worker_lost_after_max_attempts_fails_with_code(fast_recovery_service: S
 
 
 @pytest.mark.parametrize(
-    "fast_recovery_service", [{"MAIE_JOB_TIMEOUT_BASE_S": "1", "MAIE_JOB_TIMEOUT_PER_AUDIO_S": "0.001"}],
+    "fast_recovery_service",
+    [{"MAIE_JOB_TIMEOUT_BASE_S": "1", "MAIE_JOB_TIMEOUT_PER_AUDIO_S": "0.001"}],
     indirect=True,
-)  # fmt: skip
-def test_job_over_budget_fails_with_timeout_and_frees_worker(fast_recovery_service: Service, long_wav: Path,
-                                                             shared_audio: Path) -> None:  # fmt: skip
+)
+def test_job_over_budget_fails_with_timeout_and_frees_worker(
+    fast_recovery_service: Service, long_wav: Path, shared_audio: Path
+) -> None:
     with fast_recovery_service.client() as client:
         slow = wait_terminal(client, submit(client, long_wav))
         assert slow["status"] == "FAILED" and slow["error"]["code"] == "TIMEOUT", slow
@@ -114,8 +116,9 @@ def test_job_over_budget_fails_with_timeout_and_frees_worker(fast_recovery_servi
     assert worker_pids(fast_recovery_service)
 
 
-def test_cancel_mid_job_stops_it_and_removes_data(fast_recovery_service: Service, long_wav: Path,
-                                                  shared_audio: Path) -> None:  # fmt: skip
+def test_cancel_mid_job_stops_it_and_removes_data(
+    fast_recovery_service: Service, long_wav: Path, shared_audio: Path
+) -> None:
     svc = fast_recovery_service
     with svc.client() as client:
         task_id = submit(client, long_wav)
@@ -179,8 +182,10 @@ def test_redis_restart_loses_no_task_and_api_recovers(tmp_path: Path, shared_aud
     redis_dir.mkdir()
 
     def start_redis() -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen([redis_server_binary(), "--port", str(port), "--dir", str(redis_dir),
-                                 "--appendonly", "yes", "--save", ""], stdout=subprocess.DEVNULL)  # fmt: skip
+        proc = subprocess.Popen(
+            [redis_server_binary(), "--port", str(port), "--dir", str(redis_dir), "--appendonly", "yes", "--save", ""],
+            stdout=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 10
         import redis
 

@@ -67,9 +67,13 @@ def test_openai_client_srt_vtt(oai: openai.OpenAI, shared_audio: Path) -> None:
 def test_openai_client_verbose_json_with_words(oai: openai.OpenAI, shared_audio: Path) -> None:
     with (shared_audio / "jfk.flac").open("rb") as f:
         result = oai.audio.transcriptions.create(
-            model="whisper-1", file=f, response_format="verbose_json",
-            timestamp_granularities=["word", "segment"], language="en", temperature=0.0,
-        )  # fmt: skip
+            model="whisper-1",
+            file=f,
+            response_format="verbose_json",
+            timestamp_granularities=["word", "segment"],
+            language="en",
+            temperature=0.0,
+        )
     assert result.language == "en"
     assert 10.5 < result.duration < 11.5
     assert result.segments and all(s.start <= s.end for s in result.segments)
@@ -158,9 +162,17 @@ def test_metrics_parse_and_count(service: Service, shared_audio: Path) -> None:
         wait_terminal(client, client.post("/v1/process", files={"file": ("jfk.flac", f)}).json()["task_id"])
     text = httpx.get(service.base_url + "/metrics").text
     families = {f.name: f for f in text_string_to_metric_families(text)}
-    for name in ("maie_http_requests", "maie_http_request_duration_seconds", "maie_queue_depth", "maie_tasks_active",
-                 "maie_tasks_finished", "maie_stage_duration_seconds", "maie_audio_seconds_processed",
-                 "maie_workers_live", "maie_worker_heartbeat_age_seconds"):  # fmt: skip
+    for name in (
+        "maie_http_requests",
+        "maie_http_request_duration_seconds",
+        "maie_queue_depth",
+        "maie_tasks_active",
+        "maie_tasks_finished",
+        "maie_stage_duration_seconds",
+        "maie_audio_seconds_processed",
+        "maie_workers_live",
+        "maie_worker_heartbeat_age_seconds",
+    ):
         assert name in families, name
     finished = {
         s.labels["status"]: s.value for s in families["maie_tasks_finished"].samples if s.name.endswith("_total")

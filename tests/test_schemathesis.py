@@ -11,9 +11,10 @@ import pytest
 
 from service import API_KEY, start_service
 
-pytestmark = pytest.mark.skipif(shutil.which("schemathesis") is None and
-                                not (Path(sys.executable).parent / "schemathesis").exists(),
-                                reason="schemathesis not installed (pip install '.[test]')")  # fmt: skip
+pytestmark = pytest.mark.skipif(
+    shutil.which("schemathesis") is None and not (Path(sys.executable).parent / "schemathesis").exists(),
+    reason="schemathesis not installed (pip install '.[test]')",
+)
 
 
 def test_no_server_errors_on_live_openapi(tmp_path: Path) -> None:
@@ -23,11 +24,28 @@ def test_no_server_errors_on_live_openapi(tmp_path: Path) -> None:
         svc.wait_ready()
         cli = shutil.which("schemathesis") or str(Path(sys.executable).parent / "schemathesis")
         run = subprocess.run(
-            [cli, "run", svc.base_url + "/openapi.json", "-H", f"X-API-Key: {API_KEY}",
-             "--checks", "not_a_server_error", "--max-examples", "25", "--phases", "examples,coverage,fuzzing",
-             "--seed", "1", "--workers", "1"],
-            capture_output=True, text=True, timeout=600, cwd=tmp_path,
-        )  # fmt: skip
+            [
+                cli,
+                "run",
+                svc.base_url + "/openapi.json",
+                "-H",
+                f"X-API-Key: {API_KEY}",
+                "--checks",
+                "not_a_server_error",
+                "--max-examples",
+                "25",
+                "--phases",
+                "examples,coverage,fuzzing",
+                "--seed",
+                "1",
+                "--workers",
+                "1",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=tmp_path,
+        )
     finally:
         svc.stop()
     summary = run.stdout[-3000:]

@@ -87,8 +87,9 @@ def test_second_job_uses_warm_model(service: Service, shared_audio: Path) -> Non
     assert records[1]["metrics"]["asr_load_time_s"] == 0.0
 
 
-def test_failing_job_ends_failed_with_code_and_stage_and_worker_goes_on(service: Service, tmp_path: Path,
-                                                                         shared_audio: Path) -> None:  # fmt: skip
+def test_failing_job_ends_failed_with_code_and_stage_and_worker_goes_on(
+    service: Service, tmp_path: Path, shared_audio: Path
+) -> None:
     short = tmp_path / "short.wav"
     short.write_bytes(wav_bytes(0.02))
     with service.client() as client:
@@ -105,10 +106,12 @@ def test_content_length_over_limit_refused_before_body(service: Service) -> None
     host, port = service.base_url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as s:
         s.sendall(
-            b"POST /v1/process HTTP/1.1\r\nHost: x\r\nX-API-Key: " + API_KEY.encode()
+            b"POST /v1/process HTTP/1.1\r\nHost: x\r\nX-API-Key: "
+            + API_KEY.encode()
             + b"\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: "
-            + str(10 * 1024**3).encode() + b"\r\n\r\n"
-        )  # fmt: skip
+            + str(10 * 1024**3).encode()
+            + b"\r\n\r\n"
+        )
         received = b""
         while chunk := s.recv(65536):  # the server closes after refusing
             received += chunk
@@ -134,8 +137,7 @@ def test_chunked_upload_cut_off_when_limit_crossed(service: Service) -> None:
 
     with service.client() as client:
         try:
-            r = client.post("/v1/process", content=body(),
-                            headers={"Content-Type": "multipart/form-data; boundary=b"})  # fmt: skip
+            r = client.post("/v1/process", content=body(), headers={"Content-Type": "multipart/form-data; boundary=b"})
             status, payload = r.status_code, r.json()
         except httpx.HTTPError:
             status, payload = 413, {"code": "UPLOAD_TOO_LARGE"}  # server closed on us after refusing
@@ -169,11 +171,19 @@ def test_not_found_and_bad_fields_are_clear_4xx(service: Service) -> None:
     with service.client() as client:
         assert client.get("/v1/status/nope").json()["code"] == "TASK_NOT_FOUND"
         assert client.delete("/v1/tasks/nope").status_code == 404
-        r = client.post("/v1/process", data={"features": "summary", "template_id": "no_such_template"},
-                        files={"file": ("a.wav", wav_bytes(1))})  # fmt: skip
+        r = client.post(
+            "/v1/process",
+            data={"features": "summary", "template_id": "no_such_template"},
+            files={"file": ("a.wav", wav_bytes(1))},
+        )
         assert r.status_code == 404 and r.json()["code"] == "TEMPLATE_NOT_FOUND"
-        for fields in ({"vad_threshold": "2"}, {"features": "telepathy"}, {"word_timestamps": "maybe"},
-                       {"asr_backend": "nope"}, {"mystery": "1"}):  # fmt: skip
+        for fields in (
+            {"vad_threshold": "2"},
+            {"features": "telepathy"},
+            {"word_timestamps": "maybe"},
+            {"asr_backend": "nope"},
+            {"mystery": "1"},
+        ):
             r = client.post("/v1/process", data=fields, files={"file": ("a.wav", wav_bytes(1))})
             assert r.status_code == 422, (fields, r.text)
             assert r.json()["code"] == "INVALID_FIELD"
@@ -243,15 +253,19 @@ def test_bad_setting_stops_startup_naming_the_variable(tmp_path: Path) -> None:
     env = {"MAIE_DATA_DIR": str(tmp_path), "MAIE_ASR__WHISPER_CPU_THREADS": "lots", "MAIE_MAX_UPLOAD_MB": ""}
     import os
 
-    proc = subprocess.run([sys.executable, "-m", "maie", "serve", "--workers", "0"], env={**os.environ, **env},
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "maie", "serve", "--workers", "0"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert "MAIE_ASR__WHISPER_CPU_THREADS" in proc.stderr and "integer" in proc.stderr
     assert "MAIE_MAX_UPLOAD_MB" not in proc.stderr  # empty string means unset
 
 
-def test_embedded_mode_generates_key_persists_tasks_and_leaves_no_orphans(tmp_path: Path,
-                                                                           shared_audio: Path) -> None:  # fmt: skip
+def test_embedded_mode_generates_key_persists_tasks_and_leaves_no_orphans(tmp_path: Path, shared_audio: Path) -> None:
     data = tmp_path / "data"
     svc = start_service(data, workers=0, env={"MAIE_API_KEYS": ""})
     try:

@@ -13,8 +13,11 @@ import typer
 
 from maie.config import Settings, SettingsError, load_settings
 
-app = typer.Typer(help="MAIE: self-hosted transcription, clean transcripts and structured summaries.",
-                  no_args_is_help=True, add_completion=False)  # fmt: skip
+app = typer.Typer(
+    help="MAIE: self-hosted transcription, clean transcripts and structured summaries.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 
 
 def _settings() -> Settings:
@@ -74,11 +77,17 @@ def serve(
         typer.echo(f"API key (generated, stored in {settings.data_dir / 'api_key'}): {generated}")
     else:
         typer.echo("API key: one of MAIE_API_KEYS")
-    typer.echo(f"Redis: {'embedded, AOF in ' + str(embedded.dir) if embedded else 'MAIE_REDIS_URL'}; "
-               f"workers: {workers}")  # fmt: skip
+    typer.echo(
+        f"Redis: {'embedded, AOF in ' + str(embedded.dir) if embedded else 'MAIE_REDIS_URL'}; workers: {workers}"
+    )
     try:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower(),
-                    timeout_graceful_shutdown=5)  # fmt: skip
+        uvicorn.run(
+            create_app(settings),
+            host=host,
+            port=port,
+            log_level=settings.log_level.lower(),
+            timeout_graceful_shutdown=5,
+        )
     finally:
         supervisor.stop()
         if embedded:
@@ -116,9 +125,16 @@ def process(
         typer.echo("maie: --format must be txt, srt, vtt, json or md", err=True)
         raise typer.Exit(2)
     code = process_files(
-        settings, files, features=features, fmt=fmt, output_dir=output_dir, template_id=template_id,
-        language=language, word_timestamps=word_timestamps, diarize=diarize,
-    )  # fmt: skip
+        settings,
+        files,
+        features=features,
+        fmt=fmt,
+        output_dir=output_dir,
+        template_id=template_id,
+        language=language,
+        word_timestamps=word_timestamps,
+        diarize=diarize,
+    )
     raise typer.Exit(code)
 
 

@@ -73,7 +73,13 @@ def run_doctor(settings: Settings) -> int:
         _check("whisper model", lambda: _whisper(settings)),
         _check("redis", lambda: _redis(settings)),
         _check("llm", lambda: _llm(settings)),
-        _check("diarization extra", lambda: "installed" if importlib.util.find_spec("resemblyzer") else
-               "not installed (pip install 'maie[diarization]')"),
+        _check(
+            "diarization extra",
+            lambda: (
+                "installed"
+                if importlib.util.find_spec("resemblyzer")
+                else "not installed (pip install 'maie[diarization]')"
+            ),
+        ),
     ]
     return 0 if all(results) else 1

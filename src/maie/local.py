@@ -53,21 +53,41 @@ class StageBars:
             self.bar = None
 
 
-def process_files(settings: Settings, files: list[Path], *, features: str, fmt: str, output_dir: Path | None,
-                  template_id: str | None, language: str | None, word_timestamps: bool,
-                  diarize: bool) -> int:  # fmt: skip
+def process_files(
+    settings: Settings,
+    files: list[Path],
+    *,
+    features: str,
+    fmt: str,
+    output_dir: Path | None,
+    template_id: str | None,
+    language: str | None,
+    word_timestamps: bool,
+    diarize: bool,
+) -> int:
     """Returns the exit code: 0 when every file succeeded, 1 otherwise."""
     models = ModelRegistry()
     options = check_options(
-        TaskOptions(features=parse_features([features]), template_id=template_id, language=language,
-                    word_timestamps=word_timestamps, enable_diarization=diarize),
+        TaskOptions(
+            features=parse_features([features]),
+            template_id=template_id,
+            language=language,
+            word_timestamps=word_timestamps,
+            enable_diarization=diarize,
+        ),
         settings,
-    )  # fmt: skip
+    )
     failures = 0
     for path in files:
         bars = StageBars(path.name)
-        ctx = TaskContext(task_id=path.stem, options=options.model_copy(deep=True), settings=settings,
-                          models=models, audio_path=path, report=bars)  # fmt: skip
+        ctx = TaskContext(
+            task_id=path.stem,
+            options=options.model_copy(deep=True),
+            settings=settings,
+            models=models,
+            audio_path=path,
+            report=bars,
+        )
         bars.ctx = ctx
         try:
             result = run_pipeline(ctx)
@@ -81,14 +101,21 @@ def process_files(settings: Settings, files: list[Path], *, features: str, fmt: 
             print(f"{path}: warning {warning.code}: {warning.message}", file=sys.stderr)
         results = result.results
         if fmt == "json":
-            body = json.dumps({"file": str(path), "results": results, "metrics": result.metrics,
-                               "versions": result.versions}, ensure_ascii=False, indent=2)  # fmt: skip
+            body = json.dumps(
+                {"file": str(path), "results": results, "metrics": result.metrics, "versions": result.versions},
+                ensure_ascii=False,
+                indent=2,
+            )
         else:
             segments = [Segment.model_validate(s) for s in results.get("segments", [])]
             body, _ = render_transcript(
-                segments, fmt, language=results.get("language"), title=path.name,
-                summary=results.get("summary"), clean_transcript=results.get("clean_transcript"),
-            )  # fmt: skip
+                segments,
+                fmt,
+                language=results.get("language"),
+                title=path.name,
+                summary=results.get("summary"),
+                clean_transcript=results.get("clean_transcript"),
+            )
         if output_dir is None:
             sys.stdout.write(body if body.endswith("\n") else body + "\n")
         else:
@@ -96,6 +123,8 @@ def process_files(settings: Settings, files: list[Path], *, features: str, fmt: 
             out = output_dir / f"{path.stem}.{fmt}"
             out.write_text(body, encoding="utf-8")
             m = result.metrics
-            print(f"{path.name} -> {out}  ({m.get('input_duration_s', 0):.1f}s audio, rtf {m.get('rtf')})",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"{path.name} -> {out}  ({m.get('input_duration_s', 0):.1f}s audio, rtf {m.get('rtf')})",
+                file=sys.stderr,
+            )
     return 1 if failures else 0

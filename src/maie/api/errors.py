@@ -26,9 +26,7 @@ _HTTP_CODES = {
 
 
 def error_response(code: ErrorCode, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(
-        {"detail": detail, "code": code.value}, status_code=HTTP_STATUS.get(code, 500), headers=headers
-    )
+    return JSONResponse({"detail": detail, "code": code.value}, status_code=HTTP_STATUS.get(code, 500), headers=headers)
 
 
 async def _maie_error(_: Request, exc: Exception) -> JSONResponse:

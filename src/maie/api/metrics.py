@@ -53,11 +53,13 @@ class ServiceCollector(Collector):
         for status in (TaskStatus.COMPLETE, TaskStatus.FAILED, TaskStatus.CANCELLED):
             c.add_metric([status.value], totals.get(f"tasks_{status.value}", 0.0))
         yield c
-        yield CounterMetricFamily("maie_audio_seconds_processed", "Seconds of audio processed.",
-                                  value=totals.get("audio_seconds", 0.0))  # fmt: skip
+        yield CounterMetricFamily(
+            "maie_audio_seconds_processed", "Seconds of audio processed.", value=totals.get("audio_seconds", 0.0)
+        )
         yield GaugeMetricFamily("maie_workers_live", "Workers with a live heartbeat.", value=len(workers))
-        hb = GaugeMetricFamily("maie_worker_heartbeat_age_seconds", "Seconds since each worker's last heartbeat.",
-                               labels=["worker"])  # fmt: skip
+        hb = GaugeMetricFamily(
+            "maie_worker_heartbeat_age_seconds", "Seconds since each worker's last heartbeat.", labels=["worker"]
+        )
         for w in workers:
             hb.add_metric([w["name"]], max(0.0, time.time() - w["at"]))
         yield hb
@@ -74,10 +76,12 @@ class HttpMetrics:
 
     def __init__(self, app: ASGIApp, registry: CollectorRegistry) -> None:
         self.app = app
-        self.requests = Counter("maie_http_requests", "HTTP requests.", ["route", "method", "status"],
-                                registry=registry)  # fmt: skip
-        self.latency = Histogram("maie_http_request_duration_seconds", "HTTP request latency.", ["route", "method"],
-                                 registry=registry)  # fmt: skip
+        self.requests = Counter(
+            "maie_http_requests", "HTTP requests.", ["route", "method", "status"], registry=registry
+        )
+        self.latency = Histogram(
+            "maie_http_request_duration_seconds", "HTTP request latency.", ["route", "method"], registry=registry
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

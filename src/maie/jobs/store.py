@@ -77,8 +77,9 @@ class TaskStore:
         self.redis = client
         self._update = client.register_script(_UPDATE_UNLESS_TERMINAL)
 
-    def create(self, task_id: str, *, options: dict[str, Any], filename: str | None = None,
-               audio_path: str | None = None) -> TaskRecord:  # fmt: skip
+    def create(
+        self, task_id: str, *, options: dict[str, Any], filename: str | None = None, audio_path: str | None = None
+    ) -> TaskRecord:
         fields = {
             "task_id": task_id,
             "status": TaskStatus.PENDING.value,
@@ -182,9 +183,7 @@ class TaskStore:
         return [x.decode() for x in self.redis.zrevrange(TASKS_INDEX, 0, limit - 1)]
 
     def _publish_id(self, task_id: str) -> None:
-        status, stage, progress, error = self.redis.hmget(
-            task_key(task_id), ["status", "stage", "progress", "error"]
-        )
+        status, stage, progress, error = self.redis.hmget(task_key(task_id), ["status", "stage", "progress", "error"])
         if status is None:
             return
         event = {

@@ -69,8 +69,13 @@ class Heartbeat(threading.Thread):
     def beat(self) -> None:
         r = self.runtime.store.redis
         ttl = max(1, int(self.interval_s * 3))
-        info = {"name": self.name, "pid": os.getpid(), "host": socket.gethostname(),
-                "task": self.runtime.current_task, "at": time.time()}  # fmt: skip
+        info = {
+            "name": self.name,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "task": self.runtime.current_task,
+            "at": time.time(),
+        }
         pipe = r.pipeline()
         pipe.set(worker_key(self.name), json.dumps(info), ex=ttl)
         pipe.sadd(WORKERS_KEY, self.name)

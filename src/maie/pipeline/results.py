@@ -111,4 +111,3 @@ def _llm_usages(ctx: TaskContext) -> list[LlmUsage]:
     if ctx.summary is not None:
         out.append(ctx.summary.usage)
     return out
-

@@ -21,8 +21,13 @@ router = APIRouter(prefix="/v1", tags=["models"])
 def whisper_model(settings: Settings) -> dict:
     ctx = TaskContext(task_id="models", options=TaskOptions(), settings=settings, models=ModelRegistry())
     spec = resolve_spec(ctx)
-    return {"backend": "whisper", "model": spec.label, "device": spec.device, "compute_type": spec.compute_type,
-            "available": True}  # fmt: skip
+    return {
+        "backend": "whisper",
+        "model": spec.label,
+        "device": spec.device,
+        "compute_type": spec.compute_type,
+        "available": True,
+    }
 
 
 def describe_llm(settings: Settings) -> dict:

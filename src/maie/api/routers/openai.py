@@ -21,8 +21,18 @@ from maie.schemas import Feature, Segment, TaskOptions, TaskStatus
 router = APIRouter(prefix="/v1/audio", tags=["openai"])
 
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
-KNOWN_FIELDS = {"model", "language", "prompt", "response_format", "temperature", "timestamp_granularities[]",
-                "timestamp_granularities", "stream", "chunking_strategy", "include[]"}  # fmt: skip
+KNOWN_FIELDS = {
+    "model",
+    "language",
+    "prompt",
+    "response_format",
+    "temperature",
+    "timestamp_granularities[]",
+    "timestamp_granularities",
+    "stream",
+    "chunking_strategy",
+    "include[]",
+}
 
 
 def _one(fields: dict[str, list[str]], name: str, default: str | None = None) -> str | None:
@@ -106,8 +116,11 @@ OPENAI_FIELDS: dict[str, dict] = {
 }
 
 
-@router.post("/transcriptions", summary="OpenAI-compatible transcription (synchronous)",
-             openapi_extra=multipart_body(OPENAI_FIELDS))  # fmt: skip
+@router.post(
+    "/transcriptions",
+    summary="OpenAI-compatible transcription (synchronous)",
+    openapi_extra=multipart_body(OPENAI_FIELDS),
+)
 async def transcriptions(
     request: Request, _: RateLimitDep, settings: SettingsDep, store: StoreDep, queue: QueueDep
 ) -> Response:
@@ -141,8 +154,9 @@ async def transcriptions(
         error = record.error
         code = ErrorCode(error.code) if error and error.code in ErrorCode.__members__ else ErrorCode.ASR_FAILED
         status = 422 if code.name.startswith("AUDIO_") else 500 if code != ErrorCode.TIMEOUT else 504
-        return JSONResponse({"detail": error.message if error else "failed", "code": code.value},
-                            status_code=status, headers=headers)  # fmt: skip
+        return JSONResponse(
+            {"detail": error.message if error else "failed", "code": code.value}, status_code=status, headers=headers
+        )
     results = record.results or {}
     if fmt == "json":
         return JSONResponse({"text": results.get("raw_transcript", "")}, headers=headers)

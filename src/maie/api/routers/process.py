@@ -24,6 +24,7 @@ from maie.schemas import Accepted, Feature, TaskOptions, TaskStatus
 
 router = APIRouter(prefix="/v1", tags=["process"])
 
+
 def check_capacity(queue: jobs.Queue, settings: Settings) -> None:
     if jobs.depth(queue) >= settings.max_queue_depth:
         raise MaieError(
@@ -61,11 +62,23 @@ def probe_duration(path: Path) -> float | None:
         raise MaieError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, f"not a readable audio file: {exc}") from None
 
 
-def submit(store: TaskStore, queue: jobs.Queue, settings: Settings, task_id: str, options: TaskOptions, *,
-           audio_path: Path | None = None, filename: str | None = None,
-           duration_s: float | None = None) -> None:  # fmt: skip
-    store.create(task_id, options=options.model_dump(mode="json", exclude_none=True), filename=filename,
-                 audio_path=str(audio_path) if audio_path else None)  # fmt: skip
+def submit(
+    store: TaskStore,
+    queue: jobs.Queue,
+    settings: Settings,
+    task_id: str,
+    options: TaskOptions,
+    *,
+    audio_path: Path | None = None,
+    filename: str | None = None,
+    duration_s: float | None = None,
+) -> None:
+    store.create(
+        task_id,
+        options=options.model_dump(mode="json", exclude_none=True),
+        filename=filename,
+        audio_path=str(audio_path) if audio_path else None,
+    )
     if duration_s is not None:
         store.update(task_id, metrics={"declared_duration_s": round(duration_s, 3)})
     jobs.enqueue(queue, task_id, timeout_s=jobs.job_timeout_s(settings, duration_s))
@@ -102,9 +115,16 @@ async def accept_upload(
         assert options is not None and form.file is not None
         duration = await asyncio.to_thread(probe_duration, form.file.path)
         await asyncio.to_thread(
-            submit, store, queue, settings, task_id, options,
-            audio_path=form.file.path, filename=form.file.filename, duration_s=duration,
-        )  # fmt: skip
+            submit,
+            store,
+            queue,
+            settings,
+            task_id,
+            options,
+            audio_path=form.file.path,
+            filename=form.file.filename,
+            duration_s=duration,
+        )
     except BaseException:
         shutil.rmtree(task_dir, ignore_errors=True)
         await asyncio.to_thread(store.delete, task_id)
@@ -132,8 +152,11 @@ def multipart_body(fields: dict[str, dict]) -> dict:
 
 
 PROCESS_FIELDS: dict[str, dict] = {
-    "features": {"type": "array", "items": {"type": "string", "enum": [f.value for f in Feature]},
-                 "description": "Repeat the field or send a comma list. Default: raw_transcript."},
+    "features": {
+        "type": "array",
+        "items": {"type": "string", "enum": [f.value for f in Feature]},
+        "description": "Repeat the field or send a comma list. Default: raw_transcript.",
+    },
     "template_id": {"type": "string", "description": "Summary template (default: MAIE_DEFAULT_TEMPLATE_ID)."},
     "asr_backend": {"type": "string", "enum": ["whisper", "chunkformer"]},
     "language": {"type": "string", "description": "Language code (en, vi...); default: detect."},
@@ -147,11 +170,16 @@ PROCESS_FIELDS: dict[str, dict] = {
     "min_speakers": {"type": "integer", "minimum": 1, "maximum": 32},
     "max_speakers": {"type": "integer", "minimum": 1, "maximum": 32},
     "callback_url": {"type": "string", "format": "uri", "description": "Webhook on a terminal state."},
-}  # fmt: skip
+}
 
 
-@router.post("/process", status_code=202, response_model=Accepted, summary="Upload audio and start a task",
-             openapi_extra=multipart_body(PROCESS_FIELDS))  # fmt: skip
+@router.post(
+    "/process",
+    status_code=202,
+    response_model=Accepted,
+    summary="Upload audio and start a task",
+    openapi_extra=multipart_body(PROCESS_FIELDS),
+)
 async def process(
     request: Request, _: RateLimitDep, settings: SettingsDep, store: StoreDep, queue: QueueDep
 ) -> Accepted:
@@ -175,8 +203,14 @@ def process_text(
     body: TextRequest, request: Request, _: RateLimitDep, settings: SettingsDep, store: StoreDep, queue: QueueDep
 ) -> Accepted:
     check_capacity(queue, settings)
-    options = build_options({"features": parse_features(body.features), "template_id": body.template_id,
-                             "text": body.text, "callback_url": body.callback_url})  # fmt: skip
+    options = build_options(
+        {
+            "features": parse_features(body.features),
+            "template_id": body.template_id,
+            "text": body.text,
+            "callback_url": body.callback_url,
+        }
+    )
     options = check_options(options, settings)
     check_template(request, options.template_id)
     task_id = str(uuid.uuid4())

@@ -46,8 +46,11 @@ def list_tasks(_: ApiKeyDep, store: StoreDep, limit: int = Query(20, ge=1, le=20
     for task_id in store.recent_ids(limit):
         record = store.get(task_id)
         if record is not None:
-            out.append(record.model_dump(include={"task_id", "status", "stage", "progress", "submitted_at",
-                                                  "completed_at", "filename"}))  # fmt: skip
+            out.append(
+                record.model_dump(
+                    include={"task_id", "status", "stage", "progress", "submitted_at", "completed_at", "filename"}
+                )
+            )
     return out
 
 
@@ -78,13 +81,15 @@ def transcript(
         raise MaieError(ErrorCode.TASK_NOT_READY, f"task is {record.status.value}; no transcript yet")
     segments = [Segment.model_validate(s) for s in results.get("segments", [])]
     body, media_type = render_transcript(
-        segments, format, language=results.get("language"), title=record.filename,
-        summary=results.get("summary"), clean_transcript=results.get("clean_transcript"),
-    )  # fmt: skip
-    stem = (record.filename or task_id).rsplit(".", 1)[0].replace('"', "")
-    return Response(
-        body, media_type=media_type, headers={"Content-Disposition": f'inline; filename="{stem}.{format}"'}
+        segments,
+        format,
+        language=results.get("language"),
+        title=record.filename,
+        summary=results.get("summary"),
+        clean_transcript=results.get("clean_transcript"),
     )
+    stem = (record.filename or task_id).rsplit(".", 1)[0].replace('"', "")
+    return Response(body, media_type=media_type, headers={"Content-Disposition": f'inline; filename="{stem}.{format}"'})
 
 
 @router.get("/tasks/{task_id}/events", summary="Progress as Server-Sent Events; closes at a terminal state")

@@ -55,15 +55,29 @@ def create_template(body: TemplateIn, _: ApiKeyDep, store: TemplatesDep) -> dict
 
     if not body.id or body.prompt is None or body.schema_ is None or body.example is None:
         raise MaieError(ErrorCode.TEMPLATE_INVALID, "id, prompt, schema and example are required")
-    created = store.create(body.id, prompt=body.prompt, schema=body.schema_, example=body.example,
-                           name=body.name, description=body.description, language=body.language)  # fmt: skip
+    created = store.create(
+        body.id,
+        prompt=body.prompt,
+        schema=body.schema_,
+        example=body.example,
+        name=body.name,
+        description=body.description,
+        language=body.language,
+    )
     return template_out(created)
 
 
 @router.put("/{template_id}", summary="Update a user template (built-ins are read-only)")
 def update_template(template_id: str, body: TemplateIn, _: ApiKeyDep, store: TemplatesDep) -> dict[str, Any]:
-    updated = store.update(template_id, prompt=body.prompt, schema=body.schema_, example=body.example,
-                           name=body.name, description=body.description, language=body.language)  # fmt: skip
+    updated = store.update(
+        template_id,
+        prompt=body.prompt,
+        schema=body.schema_,
+        example=body.example,
+        name=body.name,
+        description=body.description,
+        language=body.language,
+    )
     return template_out(updated)
 
 
