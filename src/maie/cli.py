@@ -167,5 +167,10 @@ def doctor() -> None:
     raise typer.Exit(run_doctor(_settings()))
 
 
+from maie.client_cli import submit  # noqa: E402 - registered after the in-process commands
+
+app.command(help="Send files to a running MAIE server and wait for the results (with a progress bar).")(submit)
+
+
 def main() -> None:  # pragma: no cover - console entry
     sys.exit(app())

@@ -360,6 +360,7 @@ async function onSubmit(event) {
   const text = $("upload-text");
   button.disabled = true;
   $("upload-progress").hidden = false;
+  $("upload-progress").classList.remove("failed");
   bar.value = 0;
   text.textContent = "uploading…";
   try {
@@ -371,9 +372,11 @@ async function onSubmit(event) {
     text.textContent = "uploaded";
     state.localAudio.set(accepted.task_id, URL.createObjectURL(file));
     await openTask(accepted.task_id);
+    revealTask();
     refreshTasks().catch(showError);
   } catch (err) {
     text.textContent = "upload failed";
+    $("upload-progress").classList.add("failed");
     showError(err);
   } finally {
     button.disabled = !state.file;
@@ -404,8 +407,9 @@ async function refreshTasks() {
           {
             type: "button",
             class: `task-item${current ? " current" : ""}`,
+            dataset: { taskId: t.task_id },
             "aria-current": current ? "true" : null,
-            onclick: () => openTask(t.task_id).catch(showError),
+            onclick: () => openTask(t.task_id).then(revealTask, showError),
           },
           h("span", { class: "task-item-name" }, t.filename || `task ${t.task_id.slice(0, 8)}`),
           h("span", { class: `badge badge-small status-${t.status.toLowerCase()}` }, statusLabel(t.status)),
@@ -440,14 +444,18 @@ function renderProgress(record) {
   badge.textContent = statusLabel(status);
   badge.className = `badge status-${status.toLowerCase()}`;
   const stages = stagesFor(record);
-  const index = stages.findIndex(([s]) => s === status);
+  const ended = status === "FAILED" || status === "CANCELLED";
+  // A failed task shows the stage it failed in; the last step names the outcome.
+  const at = ended ? record.error?.stage || record.stage : status;
+  let index = stages.findIndex(([s]) => s === at);
+  if (ended && index < 0) index = stages.length - 1;
   const stepper = clear($("stepper"));
   stages.forEach(([s, label], i) => {
     let cls = "todo";
-    if (status === "COMPLETE" || (index >= 0 && i < index)) cls = "done";
-    else if (i === index) cls = "active";
-    if ((status === "FAILED" || status === "CANCELLED") && s === "COMPLETE") cls = "failed";
-    stepper.append(h("li", { class: cls, "aria-current": cls === "active" ? "step" : null }, label));
+    if (status === "COMPLETE" || i < index) cls = "done";
+    else if (i === index) cls = ended ? "failed" : "active";
+    const text = s === "COMPLETE" && ended ? statusLabel(status) : label;
+    stepper.append(h("li", { class: cls, "aria-current": i === index ? "step" : null }, text));
   });
   const progress = Math.max(0, Math.min(1, Number(record.progress) || 0));
   $("task-bar").value = progress;
@@ -485,7 +493,7 @@ function renderHeader(record) {
   const meta = [];
   if (record.submitted_at) meta.push(`submitted ${ago(record.submitted_at)}`);
   const duration = record.metrics?.input_duration_s ?? record.metrics?.declared_duration_s;
-  if (duration) meta.push(`${clock(duration)} of audio`);
+  if (duration) meta.push(`${duration < 1 ? `${duration.toFixed(2)} s` : clock(duration)} of audio`);
   if (record.results?.language) meta.push(`language ${record.results.language}`);
   meta.push(`id ${record.task_id}`);
   $("task-meta").textContent = meta.join(" · ");
@@ -613,6 +621,9 @@ function renderValue(value, schema) {
   if (Array.isArray(value)) {
     if (!value.length) return h("span", { class: "muted" }, "none");
     const itemSchema = schema?.items;
+    // Names and tags read better inline; sentences stay a list.
+    const short = (x) => (typeof x === "string" || typeof x === "number") && String(x).trim().split(/\s+/).length <= 3;
+    if (value.every(short)) return h("ul", { class: "chips" }, value.map((item) => h("li", {}, String(item))));
     return h(
       "ul",
       { class: "sum-list" },
@@ -709,6 +720,14 @@ async function renderRecord(record) {
   }
 }
 
+/** Bring the task panel into view (the user may have scrolled down to the submit button or a task). */
+function revealTask() {
+  const panel = $("task-panel");
+  if (panel.getBoundingClientRect().top < 0 || panel.getBoundingClientRect().top > window.innerHeight * 0.6) {
+    panel.scrollIntoView({ behavior: "smooth", block: "start" });
+  }
+}
+
 function stopFollowing() {
   state.follow?.abort();
   state.follow = null;
@@ -718,7 +737,12 @@ async function openTask(taskId) {
   stopFollowing();
   hideError();
   state.taskId = taskId;
-  document.querySelectorAll(".task-item.current").forEach((el) => el.classList.remove("current"));
+  for (const el of document.querySelectorAll(".task-item")) {
+    const current = el.dataset.taskId === taskId;
+    el.classList.toggle("current", current);
+    if (current) el.setAttribute("aria-current", "true");
+    else el.removeAttribute("aria-current");
+  }
   setupPlayer(taskId);
   const record = await api(`/v1/status/${encodeURIComponent(taskId)}`);
   if (state.taskId !== taskId) return;

@@ -1,0 +1,139 @@
+"""The browser UI end to end: headless Chromium (Debian ``chromium``) driven by Playwright against a real server."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from live_service import API_KEY, JFK, JFK_PHRASE, live_service  # noqa: F401  (fixture)
+
+from service import Service
+
+CHROMIUM = Path("/usr/bin/chromium")
+NOTES_SCREENSHOT = Path("/work/notes/ui.png")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+if not CHROMIUM.exists():
+    pytest.skip("headless Chromium not installed (apt-get install chromium)", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
+expect = sync_api.expect
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[sync_api.Browser]:
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def page(browser: sync_api.Browser, live_service: Service) -> Iterator[sync_api.Page]:  # noqa: F811
+    context = browser.new_context(base_url=live_service.base_url, viewport={"width": 1360, "height": 1000})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.set_default_timeout(30_000)
+    try:
+        yield page
+        assert not errors, f"JavaScript errors on the page: {errors}"
+    finally:
+        context.close()
+
+
+def enter_key(page: sync_api.Page, key: str) -> None:
+    page.goto("/")
+    page.fill("#api-key", key)
+    page.click("#key-form button[type=submit]")
+
+
+def test_upload_progress_transcript_playback_and_download(page: sync_api.Page, tmp_path: Path) -> None:
+    enter_key(page, API_KEY)
+    expect(page.locator("#server-state")).to_have_text("server ready", timeout=20_000)
+    # Templates come from the server, not the HTML.
+    expect(page.locator("#template-id option[value='generic_summary_en_v2']")).to_have_count(1)
+    # Record every status the badge shows, to prove live progress reached the page before completion.
+    page.evaluate("""() => {
+        window.__seen = [];
+        const badge = document.getElementById('task-status');
+        new MutationObserver(() => window.__seen.push(badge.textContent)).observe(badge, {childList: true});
+        window.__uploadEvents = 0;
+        const send = XMLHttpRequest.prototype.send;
+        XMLHttpRequest.prototype.send = function (body) {
+            this.upload.addEventListener('progress', () => window.__uploadEvents++);
+            return send.call(this, body);
+        };
+    }""")
+
+    page.set_input_files("#file-input", str(JFK))
+    expect(page.locator("#file-name")).to_contain_text("jfk.flac")
+    page.click("#submit-btn")
+
+    transcript = page.locator("#transcript")
+    expect(transcript).to_contain_text(JFK_PHRASE, ignore_case=True, timeout=120_000)
+    expect(page.locator("#task-status")).to_have_text("Complete")
+    expect(page.locator("#task-title")).to_have_text("jfk.flac")
+    expect(page.locator("#task-bar")).to_have_js_property("value", 1)
+    seen = page.evaluate("window.__seen")
+    assert seen[-1] == "Complete" and any(s not in ("Complete", "Failed", "Cancelled") for s in seen), seen
+    assert page.evaluate("window.__uploadEvents") >= 1
+    # Live progress came over the SSE stream (read with fetch), not only from the polling fallback.
+    resources = page.evaluate("performance.getEntriesByType('resource').map(e => e.name)")
+    assert any(name.endswith("/events") for name in resources), resources
+    assert page.locator("#stepper li.done").count() >= 3
+    # The recent-tasks list has the new task, marked as the current one.
+    expect(page.locator(".task-item.current")).to_contain_text("jfk.flac")
+
+    page.wait_for_timeout(500)  # let the progress bar's CSS transition finish before the screenshot
+    shot = tmp_path / "ui.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    if NOTES_SCREENSHOT.parent.is_dir():
+        shutil.copy(shot, NOTES_SCREENSHOT)
+
+    # Click-to-play: the local file plays in the <audio> element from the clicked segment's start.
+    page.wait_for_function("document.getElementById('player').readyState >= 1", timeout=20_000)
+    lines = transcript.locator(".segment")
+    starts = [float(s) for s in lines.evaluate_all("els => els.map(e => e.dataset.start)")]
+    index = max(range(len(starts)), key=starts.__getitem__)
+    assert starts[index] > 1.0, starts  # jfk.flac has a second sentence starting ~7.5-8.3 s
+    lines.nth(index).click()
+    current = page.evaluate("document.getElementById('player').currentTime")
+    assert starts[index] - 0.05 <= current <= starts[index] + 1.5, (current, starts[index])
+    expect(lines.nth(index)).to_have_class("segment active")
+
+    # Downloads are fetched with the key and saved from a blob URL.
+    with page.expect_download() as info:
+        page.click(".downloads [data-format=srt]")
+    download = info.value
+    assert download.suggested_filename == "jfk.srt"
+    body = Path(download.path()).read_text()
+    assert "-->" in body and JFK_PHRASE in body.lower()
+
+
+def test_wrong_key_shows_the_server_error(page: sync_api.Page) -> None:
+    enter_key(page, "not-the-key")
+    banner = page.locator("#error")
+    expect(banner).to_be_visible()
+    expect(page.locator("#error-code")).to_have_text("UNAUTHORIZED")
+    expect(page.locator("#error-detail")).to_contain_text("invalid API key")
+
+
+def test_server_strings_are_inserted_as_text(page: sync_api.Page) -> None:
+    hostile = "<img src=x onerror=window.__pwned=1>.flac"
+    enter_key(page, API_KEY)
+    page.set_input_files("#file-input", files=[{"name": hostile, "mimeType": "audio/flac",
+                                                "buffer": JFK.read_bytes()}])  # fmt: skip
+    page.click("#submit-btn")
+    expect(page.locator("#task-title")).to_have_text(hostile)
+    expect(page.locator(".task-item.current .task-item-name")).to_have_text(hostile)
+    assert page.locator("img").count() == 0
+    assert page.evaluate("window.__pwned") is None
