@@ -166,9 +166,7 @@ def field(name: str, value: str | bytes, boundary: str = BOUNDARY) -> bytes:
     return f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode() + raw + b"\r\n"
 
 
-def file_head(
-    filename: str | None = "audio.bin", name: str = "file", ctype: str = "application/octet-stream"
-) -> bytes:
+def file_head(filename: str | None = "audio.bin", name: str = "file", ctype: str = "application/octet-stream") -> bytes:
     disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename is not None else "")
     return f"--{BOUNDARY}\r\nContent-Disposition: {disposition}\r\nContent-Type: {ctype}\r\n\r\n".encode()
 
@@ -339,8 +337,8 @@ def test_preamble_transport_padding_and_epilogue(port: int, dest: Path, shared_a
     audio = (shared_audio / "stereo_diarization.wav").read_bytes()
     delimiter = f"--{BOUNDARY}".encode()
     body = b"This is a preamble; readers ignore it.\r\n"
-    body += delimiter + b" \t \r\nContent-Disposition: form-data; name=\"language\"\r\n\r\nen\r\n"
-    body += delimiter + b"\t\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\n"
+    body += delimiter + b' \t \r\nContent-Disposition: form-data; name="language"\r\n\r\nen\r\n'
+    body += delimiter + b'\t\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
     body += audio + b"\r\n" + delimiter + b"--\r\nAn epilogue, also ignored.\r\n"
     reply, _ = post(port, dest, body, send_size=5000, rechunk=3001)
     assert reply.status == 200, reply.body
@@ -376,9 +374,7 @@ def test_client_file_name_is_only_sanitized_metadata(
     assert sanitize_filename(raw) == kept
 
 
-def test_file_grows_on_disk_while_the_client_is_still_sending(
-    port: int, dest: Path, shared_audio: Path
-) -> None:
+def test_file_grows_on_disk_while_the_client_is_still_sending(port: int, dest: Path, shared_audio: Path) -> None:
     audio = (shared_audio / "two_speakers_sample.wav").read_bytes()
     first, rest = audio[:600_000], audio[600_000:] + b"\r\n" + CLOSE
     head = file_part(b"", filename="talk.wav")[:-2]
@@ -396,6 +392,52 @@ def test_file_grows_on_disk_while_the_client_is_still_sending(
     assert 500_000 <= size_mid_upload <= 600_000  # all but at most one 64 KiB write buffer
     assert reply.status == 200, reply.body
     assert sha(stored.read_bytes()) == sha(audio)
+
+
+def _rss_peak_reset() -> None:
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")  # VmHWM := current RSS
+
+
+def _status_kib(key: str) -> int:
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith(key + ":"))
+
+
+def _written_bytes() -> int:
+    with open("/proc/self/io") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("write_bytes:"))
+
+
+def test_large_upload_keeps_memory_flat_and_writes_each_byte_once(port: int, dest: Path, shared_audio: Path) -> None:
+    """96 MiB through the server (in this process): peak RSS grows < 32 MiB, disk writes ~= file size."""
+    wav = (shared_audio / "two_speakers_sample.wav").read_bytes()
+    block = os.urandom(MiB)
+    size = len(wav) + 96 * MiB
+    head = field("language", "en") + file_head("big.wav")
+    req_id = uuid.uuid4().hex
+    try:
+        _rss_peak_reset()
+    except OSError:
+        pytest.skip("cannot reset the peak RSS counter here")
+    rss_before = _status_kib("VmRSS") * 1024
+    written_before = _written_bytes()
+    with connect(port) as sock:
+        sock.sendall(
+            request_head(dest, req_id, length=len(head) + size + 2 + len(CLOSE), extra={"X-Max": str(128 * MiB)})
+        )
+        sock.sendall(head + wav)
+        for _ in range(96):
+            sock.sendall(block)
+        sock.sendall(b"\r\n" + CLOSE)
+        reply = read_reply(sock)
+    assert reply.status == 200, reply.body
+    growth = _status_kib("VmHWM") * 1024 - rss_before
+    written = _written_bytes() - written_before
+    assert (dest / "source.wav").stat().st_size == size
+    assert growth < 32 * MiB, f"peak RSS grew {growth / MiB:.1f} MiB"
+    if written:  # 0 on tmpfs, which has no backing device to count
+        assert size <= written < size * 1.05, f"{written / size:.2f} bytes written per uploaded byte"
 
 
 # -- before_file ---------------------------------------------------------------------------------------
@@ -490,6 +532,7 @@ def test_several_file_parts_are_refused(port: int, dest: Path, shared_audio: Pat
 def test_not_multipart_or_no_boundary(port: int, dest: Path, content_type: str | None) -> None:
     reply, stats = post(port, dest, field("language", "en") + CLOSE, content_type=content_type)
     assert_error(reply, 400, ErrorCode.INVALID_MULTIPART)
+    assert stats["received"] == 0  # refused from the headers alone
 
 
 def test_malformed_multipart(port: int, dest: Path, shared_audio: Path) -> None:
@@ -505,9 +548,7 @@ def test_malformed_multipart(port: int, dest: Path, shared_audio: Path) -> None:
     assert not dest.exists()
 
 
-def test_declared_length_over_the_limit_is_refused_before_the_body(
-    port: int, dest: Path, shared_audio: Path
-) -> None:
+def test_declared_length_over_the_limit_is_refused_before_the_body(port: int, dest: Path, shared_audio: Path) -> None:
     audio = (shared_audio / "two_speakers_sample.wav").read_bytes()  # 960 KB
     limit = 256 * 1024
     body = file_part(audio * 2) + CLOSE  # body > limit + 1 MiB of field slack

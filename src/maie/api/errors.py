@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from maie.errors import HTTP_STATUS, ErrorCode, MaieError
 
@@ -59,6 +60,12 @@ async def _redis_down(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _client_gone(_: Request, exc: Exception) -> JSONResponse:
+    # The client hung up mid-request: nobody reads this answer, and it is not a server fault.
+    log.info("client disconnected before the request was complete")
+    return error_response(ErrorCode.INVALID_MULTIPART, "the client disconnected before the body was complete")
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return error_response(ErrorCode.INTERNAL_ERROR, "internal error; the server log has the details")
@@ -70,4 +77,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(redis.ConnectionError, _redis_down)
     app.add_exception_handler(redis.TimeoutError, _redis_down)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected)

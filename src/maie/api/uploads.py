@@ -1,9 +1,10 @@
 """Streaming multipart upload: the file part goes straight to ``<dest_dir>/source.<ext>`` as it arrives.
 
 The body is fed chunk by chunk to python-multipart's push parser; the framework never spools it. Each
-uploaded byte is written to disk once (``os.write`` on a raw fd, at least ~64 KiB per write), memory stays
-flat whatever the size, and the container is recognised from the first bytes, so a non-audio upload is
-refused (415) before the rest of its body is read.
+uploaded byte is written to disk once: ``os.pwrite`` on a raw fd, from a few shared writer threads so the
+event loop only parses (received chunks are written in place, small ones gathered to >= 64 KiB). Memory
+stays flat whatever the size (at most 2 MiB per upload waits for the writers), and the container is
+recognised from the first bytes, so a non-audio upload is refused (415) before the rest is read.
 
 Contract for callers (the ``/v1/process`` router):
 
@@ -104,9 +105,7 @@ def check_content_length(request: Request, max_bytes: int) -> None:
     except ValueError:
         raise MaieError(ErrorCode.INVALID_MULTIPART, "Content-Length is not a number") from None
     if length > max_bytes + FIELD_SLACK_BYTES:
-        raise _too_large(
-            f"the request body is {length} bytes; uploads are limited to {_mib(max_bytes)} of audio"
-        )
+        raise _too_large(f"the request body is {length} bytes; uploads are limited to {_mib(max_bytes)} of audio")
 
 
 def sanitize_filename(raw: str | None) -> str | None:
@@ -332,9 +331,7 @@ class _FormReader:
         disposition, params = parse_options_header(self.headers.get(b"content-disposition"))
         name_raw = params.get(b"name")
         if disposition != b"form-data" or name_raw is None:
-            raise MaieError(
-                ErrorCode.INVALID_MULTIPART, 'every part needs "Content-Disposition: form-data; name=..."'
-            )
+            raise MaieError(ErrorCode.INVALID_MULTIPART, 'every part needs "Content-Disposition: form-data; name=..."')
         name = _decode_header_text(name_raw)
         callbacks = self.parser.callbacks
         if name == self.file_field or b"filename" in params:
@@ -412,9 +409,7 @@ class _FormReader:
             try:
                 value = self.field_value.decode("utf-8")
             except UnicodeDecodeError:
-                raise MaieError(
-                    ErrorCode.INVALID_FIELD, f"form field {self.field_name!r} is not valid UTF-8"
-                ) from None
+                raise MaieError(ErrorCode.INVALID_FIELD, f"form field {self.field_name!r} is not valid UTF-8") from None
             self.fields.setdefault(self.field_name, []).append(value)
         elif callbacks["on_part_data"] == self._on_head_data:
             self.file_ended = True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -25,13 +26,38 @@ from maie.schemas import Accepted, Feature, TaskOptions, TaskStatus
 router = APIRouter(prefix="/v1", tags=["process"])
 
 
-def check_capacity(queue: jobs.Queue, settings: Settings) -> None:
-    if jobs.depth(queue) >= settings.max_queue_depth:
+RESERVATIONS_KEY = "maie:uploads-in-flight"
+"""Uploads under way, by start time: they count against the queue depth before their task exists."""
+RESERVATION_MAX_AGE_S = 3600.0
+
+
+def check_capacity(queue: jobs.Queue, settings: Settings, reservation: str | None = None) -> None:
+    """429 when queued + running + uploads in flight reach MAIE_MAX_QUEUE_DEPTH.
+
+    With ``reservation`` the caller takes a slot atomically (concurrent uploads cannot all pass the
+    check at once) and must release it with ``release_capacity``.
+    """
+    r = queue.connection
+    in_flight = 0
+    if reservation is not None:
+        now = time.time()
+        pipe = r.pipeline()
+        pipe.zremrangebyscore(RESERVATIONS_KEY, 0, now - RESERVATION_MAX_AGE_S)  # uploads that died with their API
+        pipe.zadd(RESERVATIONS_KEY, {reservation: now})
+        pipe.zcard(RESERVATIONS_KEY)
+        in_flight = pipe.execute()[-1] - 1
+    if jobs.depth(queue) + in_flight >= settings.max_queue_depth:
+        if reservation is not None:
+            release_capacity(queue, reservation)
         raise MaieError(
             ErrorCode.QUEUE_FULL,
             f"the queue is full ({settings.max_queue_depth} tasks); retry later",
             headers={"Retry-After": "30"},
         )
+
+
+def release_capacity(queue: jobs.Queue, reservation: str) -> None:
+    queue.connection.zrem(RESERVATIONS_KEY, reservation)
 
 
 def check_disk(settings: Settings, incoming_bytes: int) -> None:
@@ -97,9 +123,23 @@ async def accept_upload(
     file byte is read when the fields come first. Whatever fails, nothing is left behind.
     """
     check_content_length(request, settings.max_upload_bytes)
-    await asyncio.to_thread(check_capacity, queue, settings)
     check_disk(settings, int(request.headers.get("content-length") or 0))
     task_id = str(uuid.uuid4())
+    await asyncio.to_thread(check_capacity, queue, settings, task_id)
+    try:
+        return await _receive_and_submit(request, settings, store, queue, parse_fields, task_id)
+    finally:
+        await asyncio.to_thread(release_capacity, queue, task_id)
+
+
+async def _receive_and_submit(
+    request: Request,
+    settings: Settings,
+    store: TaskStore,
+    queue: jobs.Queue,
+    parse_fields: Callable[[dict[str, list[str]]], TaskOptions],
+    task_id: str,
+) -> tuple[str, TaskOptions, float | None]:
     task_dir = settings.audio_dir / task_id
     options: TaskOptions | None = None
 
