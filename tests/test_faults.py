@@ -249,3 +249,22 @@ def test_embedded_redis_killed_is_restarted_with_its_data(tmp_path: Path, shared
         assert [c for c in svc.children() if "redis-server" in " ".join(c.cmdline())]
     finally:
         svc.stop()
+
+
+def test_llm_server_down_keeps_the_transcript(tmp_path: Path, shared_audio: Path) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    env = {"MAIE_LLM__BASE_URL": dead, "MAIE_LLM__MAX_RETRIES": "1", "MAIE_LLM__TIMEOUT_S": "5"}
+    svc = start_service(tmp_path / "data", env=env)
+    try:
+        svc.wait_ready(need_worker=False)
+        with svc.client() as client:
+            task_id = submit(client, shared_audio / "jfk.flac", features="raw_transcript,clean_transcript,summary")
+            record = wait_terminal(client, task_id)
+    finally:
+        svc.stop()
+    assert record["status"] == "COMPLETE", record
+    assert "ask not what your country" in record["results"]["raw_transcript"].lower()
+    assert "summary" not in record["results"] and "clean_transcript" not in record["results"]
+    codes = [w["code"] for w in record["warnings"]]
+    assert codes == ["ENHANCE_FAILED", "SUMMARY_FAILED"]
+    assert record["error"]["code"] == "ENHANCE_FAILED" and record["error"]["stage"] == "PROCESSING_LLM"
