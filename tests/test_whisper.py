@@ -264,19 +264,13 @@ def test_gate_maps_back() -> None:
     assert timeline.original(2.5, timeline.index(2.5, is_end=True)) == 6.5
 
 
-def test_long_audio_goes_to_whisper_in_bounded_blocks_cut_between_regions() -> None:
-    from types import SimpleNamespace
+def test_long_audio_goes_to_the_recognizer_in_bounded_blocks() -> None:
+    from maie.pipeline.asr import BLOCK_S, blocks
 
-    from maie.pipeline.asr.whisper import BLOCK_S, _blocks
-    from maie.pipeline.context import SpeechRegions
-
-    regions = [(i * 25.0, i * 25.0 + 25.0) for i in range(24)]  # 10 minutes of 25 s regions
-    ctx = SimpleNamespace(speech=SpeechRegions(regions=regions, coverage=1.0))
-    blocks = _blocks(ctx, 600.0)  # type: ignore[arg-type]
-    assert blocks[0][0] == 0.0 and blocks[-1][1] == 600.0
-    assert all(b - a <= BLOCK_S for a, b in blocks)
-    assert all(a == b for (_, a), (b, _) in zip(blocks, blocks[1:], strict=False))  # contiguous
-    boundaries = {s for s, _ in regions}
-    assert all(a in boundaries for a, _ in blocks)  # never inside a speech region
-    one_long = SimpleNamespace(speech=SpeechRegions(regions=[(0.0, 3600.0)], coverage=1.0, enabled=False))
-    assert len(_blocks(one_long, 3600.0)) == 30  # type: ignore[arg-type]
+    regions = [(i * 30.0 + 2.0, i * 30.0 + 27.0) for i in range(120)]  # an hour, 25 s regions
+    groups = blocks(regions, 3600.0, enabled=True)
+    assert [r for g in groups for r in g] == regions  # every region once, in order, never split
+    assert all(sum(e - s for s, e in g) <= BLOCK_S for g in groups)
+    assert len(groups) == 30
+    plain = blocks([(0.0, 3600.0)], 3600.0, enabled=False)
+    assert len(plain) == 30 and plain[0] == [(0.0, BLOCK_S)] and plain[-1][0][1] == 3600.0

@@ -12,6 +12,8 @@ MAX_REGION_S = 30.0
 """Long regions are split (at a short pause when there is one) so every region fits one Whisper
 window: batched decoding needs that, and it keeps per-region work bounded for other backends."""
 VAD_MODEL_KEY = ("vad", "silero_vad_v6")
+WINDOW_S = 600.0
+"""Audio is scanned in windows of this length, so VAD memory does not grow with the recording."""
 
 
 def vad_enabled(ctx: TaskContext) -> bool:
@@ -48,7 +50,18 @@ def detect_speech(ctx: TaskContext) -> SpeechRegions:
         min_silence_duration_ms=ctx.settings.vad.min_silence_ms,
         speech_pad_ms=ctx.settings.vad.speech_pad_ms,
     )
-    chunks = get_speech_timestamps(samples, options, sampling_rate=SAMPLE_RATE)
-    regions = [(c["start"] / SAMPLE_RATE, c["end"] / SAMPLE_RATE) for c in chunks if c["end"] > c["start"]]
+    regions: list[tuple[float, float]] = []
+    window = int(WINDOW_S * SAMPLE_RATE)
+    for offset in range(0, len(samples), window):
+        # Silero runs window by window: its padded working copies stay the size of a window.
+        chunks = get_speech_timestamps(samples[offset : offset + window], options, sampling_rate=SAMPLE_RATE)
+        for c in chunks:
+            start, end = (offset + c["start"]) / SAMPLE_RATE, (offset + c["end"]) / SAMPLE_RATE
+            if end <= start:
+                continue
+            if regions and start - regions[-1][1] < 0.05 and end - regions[-1][0] <= MAX_REGION_S:
+                regions[-1] = (regions[-1][0], end)  # one region cut by the window edge
+            else:
+                regions.append((start, end))
     speech = sum(end - start for start, end in regions)
     return SpeechRegions(regions=regions, coverage=min(speech / duration, 1.0), enabled=True)

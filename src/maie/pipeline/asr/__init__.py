@@ -11,18 +11,21 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import importlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from maie.errors import ErrorCode, MaieError
+from maie.pipeline.asr.confidence import weighted_confidence
 from maie.pipeline.asr.hallucination import filter_hallucinations
 from maie.pipeline.context import SAMPLE_RATE, DecodedAudio, SpeechRegions, TaskContext, Transcript
 from maie.pipeline.vad import detect_speech, vad_threshold
 from maie.schemas import Segment, TaskStatus, Word
 
 BACKENDS = ("whisper", "chunkformer")
+BLOCK_S = 120.0
+"""Most seconds of speech handed to a backend at once (see ``blocks``)."""
 
 
 def backend_name(ctx: TaskContext) -> str:
@@ -124,6 +127,29 @@ def _empty(ctx: TaskContext, name: str) -> Transcript:
     )
 
 
+def blocks(regions: Sequence[tuple[float, float]], duration: float, enabled: bool) -> list[list[tuple[float, float]]]:
+    """Speech regions grouped into blocks of at most BLOCK_S of speech (VAD off: plain BLOCK_S slices).
+
+    The recognizer sees one block at a time, so its working memory (Whisper's log-mel features take
+    about 60 MB per minute of input) does not grow with the length of the recording.
+    """
+    if not enabled:
+        starts = np.arange(0.0, duration, BLOCK_S)
+        return [[(float(t), float(min(t + BLOCK_S, duration)))] for t in starts]
+    groups: list[list[tuple[float, float]]] = []
+    current: list[tuple[float, float]] = []
+    length = 0.0
+    for start, end in regions:
+        if current and length + (end - start) > BLOCK_S:
+            groups.append(current)
+            current, length = [], 0.0
+        current.append((start, end))
+        length += end - start
+    if current:
+        groups.append(current)
+    return groups
+
+
 def transcribe(ctx: TaskContext) -> Transcript:
     """Transcribe the speech in ``ctx.audio`` with the requested backend (whisper | chunkformer)."""
     name = backend_name(ctx)
@@ -138,37 +164,65 @@ def transcribe(ctx: TaskContext) -> Transcript:
     if speech.enabled and not speech.regions:
         return _empty(ctx, name)
 
-    timeline: SpeechTimeline | None = None
-    backend_ctx = ctx
-    if speech.enabled:
-        samples, timeline = gate(audio.samples, speech.regions)
+    groups = blocks(speech.regions, audio.duration_s, speech.enabled)
+    total = sum(end - start for group in groups for start, end in group) or 1.0
+    done = 0.0
+    options = ctx.options
+    merged: Transcript | None = None
+    segments: list[Segment] = []
+    for group in groups:
+        samples, timeline = gate(audio.samples, group)
         if samples.size == 0:
-            return _empty(ctx, name)
-        gated_regions = list(zip(timeline.gated_starts, timeline.gated_ends, strict=True))
-        backend_ctx = dataclasses.replace(
+            continue
+        length = len(samples) / SAMPLE_RATE
+        block_ctx = dataclasses.replace(
             ctx,
+            options=options,
             audio=DecodedAudio(
                 samples=samples,
-                duration_s=len(samples) / SAMPLE_RATE,
+                duration_s=length,
                 source_format=audio.source_format,
                 source_channels=audio.source_channels,
                 declared_duration_s=None,
             ),
-            speech=SpeechRegions(regions=gated_regions, coverage=1.0, enabled=True),
+            speech=SpeechRegions(
+                regions=list(zip(timeline.gated_starts, timeline.gated_ends, strict=True)),
+                coverage=1.0,
+                enabled=speech.enabled,
+            ),
+            report=_scaled_report(ctx, done / total, length / total),
         )
+        block: Transcript = backend.transcribe(block_ctx)
+        segments += [timeline.restore(s) for s in block.segments]
+        done += length
+        if merged is None:
+            merged = block
+            if options.language is None and block.language:
+                # The first block's detected language holds for the rest of the recording.
+                options = options.model_copy(update={"language": block.language})
+        else:
+            merged.processing_time_s += block.processing_time_s
+            merged.load_time_s += block.load_time_s
+            merged.removed_hallucinations += block.removed_hallucinations
+    if merged is None:
+        return _empty(ctx, name)
+    ctx.report(TaskStatus.PROCESSING_ASR, 1.0)
 
-    transcript: Transcript = backend.transcribe(backend_ctx)
-    decoding = transcript.versions.setdefault("decoding", {})
-    decoding.setdefault("vad", speech.enabled)
-    decoding.setdefault("vad_threshold", vad_threshold(ctx) if speech.enabled else None)
-    segments = transcript.segments
-    if timeline is not None:
-        segments = [timeline.restore(s) for s in segments]
+    decoding = merged.versions.setdefault("decoding", {})
+    decoding["vad"] = speech.enabled
+    decoding["vad_threshold"] = vad_threshold(ctx) if speech.enabled else None
+    decoding["language_requested"] = ctx.options.language
     segments, removed = filter_hallucinations(monotonic(segments), audio=audio.samples, sample_rate=SAMPLE_RATE)
-    transcript.segments = segments
-    transcript.removed_hallucinations += removed
-    if removed:
-        from maie.pipeline.asr.whisper import weighted_confidence
+    merged.segments = segments
+    merged.removed_hallucinations += removed
+    merged.confidence = weighted_confidence(segments)
+    return merged
 
-        transcript.confidence = weighted_confidence(segments)
-    return transcript
+
+def _scaled_report(ctx: TaskContext, offset: float, share: float) -> Callable[[TaskStatus, float], None]:
+    """A block's own 0..1 progress, placed in its share of the whole stage."""
+
+    def report(stage: TaskStatus, fraction: float) -> None:
+        ctx.report(stage, offset + share * min(max(fraction, 0.0), 1.0))
+
+    return report

@@ -6,7 +6,6 @@ which hands this backend speech-only audio (and ``ctx.speech`` regions on that a
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from maie.errors import ErrorCode, MaieError
+from maie.pipeline.asr.confidence import weighted_confidence
 from maie.pipeline.context import SAMPLE_RATE, TaskContext, Transcript
 from maie.pipeline.vad import vad_enabled, vad_threshold
 from maie.schemas import Segment, TaskStatus, Word
@@ -33,10 +33,6 @@ NO_SPEECH_THRESHOLD = 0.6
 CONDITION_ON_PREVIOUS_TEXT = False
 WINDOW_S = 30.0
 """Whisper's input window; batched decoding needs clips no longer than this."""
-BLOCK_S = 120.0
-"""faster-whisper computes the log-mel features of its whole input at once (about 60 MB of peak memory
-per minute of audio), so audio goes to it in blocks of at most this length, cut between speech regions:
-memory then stays flat however long the recording is."""
 
 
 @dataclass(frozen=True)
@@ -139,21 +135,6 @@ def _clips(ctx: TaskContext, duration: float) -> list[dict[str, float]]:
     return clips
 
 
-def _blocks(ctx: TaskContext, duration: float) -> list[tuple[float, float]]:
-    """Consecutive spans of at most BLOCK_S covering the audio, cut between speech regions."""
-    regions = ctx.speech.regions if ctx.speech and ctx.speech.regions else [(0.0, duration)]
-    cuts = [0.0]
-    last_end = 0.0
-    for start, end in regions:
-        if end - cuts[-1] > BLOCK_S and last_end > cuts[-1]:
-            cuts.append((last_end + start) / 2)  # in the gap before this region
-        while end - cuts[-1] > BLOCK_S:  # one region longer than a block (VAD off)
-            cuts.append(cuts[-1] + BLOCK_S)
-        last_end = end
-    cuts.append(duration)
-    return [(a, b) for a, b in itertools.pairwise(cuts) if b > a]
-
-
 def use_batched(ctx: TaskContext, device: str) -> bool:
     choice = ctx.settings.asr.whisper_batched
     return device == "cuda" if choice is None else choice
@@ -232,25 +213,15 @@ def transcribe(ctx: TaskContext) -> Transcript:
                 batch_size=ctx.settings.asr.whisper_batch_size,
                 **common,
             )
-            segments = _collect(ctx, raw_segments, duration)
-            ctx.report(TaskStatus.PROCESSING_ASR, 1.0)
         else:
-            segments = []
-            info = None
-            for block_start, block_end in _blocks(ctx, duration):
-                block = samples[int(block_start * SAMPLE_RATE) : int(block_end * SAMPLE_RATE)]  # a view
-                raw_segments, block_info = model.transcribe(
-                    block,
-                    temperature=list(TEMPERATURES),
-                    condition_on_previous_text=CONDITION_ON_PREVIOUS_TEXT,
-                    **common,
-                )
-                segments += _collect(ctx, raw_segments, duration, offset=block_start)
-                if info is None:
-                    # The first block's detected language holds for the rest of the recording.
-                    info = block_info
-                    common["language"] = info.language
-            ctx.report(TaskStatus.PROCESSING_ASR, 1.0)
+            raw_segments, info = model.transcribe(
+                samples,
+                temperature=list(TEMPERATURES),
+                condition_on_previous_text=CONDITION_ON_PREVIOUS_TEXT,
+                **common,
+            )
+        segments = _collect(ctx, raw_segments, duration)
+        ctx.report(TaskStatus.PROCESSING_ASR, 1.0)
     except MaieError:
         raise
     except (RuntimeError, ValueError, MemoryError) as exc:
@@ -268,48 +239,29 @@ def transcribe(ctx: TaskContext) -> Transcript:
     )
 
 
-def _collect(ctx: TaskContext, raw_segments: Any, duration: float, offset: float = 0.0) -> list[Segment]:
-    """Drain faster-whisper's segment generator, converting and reporting progress as it goes.
-
-    ``offset``: where the block that was transcribed starts in the audio.
-    """
+def _collect(ctx: TaskContext, raw_segments: Any, duration: float) -> list[Segment]:
+    """Drain faster-whisper's segment generator, converting and reporting progress as it goes."""
     segments: list[Segment] = []
     reported = 0.0
     for raw in raw_segments:
         words = None
         if raw.words is not None:
             words = [
-                Word(
-                    start=offset + float(w.start),
-                    end=offset + float(w.end),
-                    word=w.word,
-                    probability=float(w.probability),
-                )
+                Word(start=float(w.start), end=float(w.end), word=w.word, probability=float(w.probability))
                 for w in raw.words
             ]
-        start = offset + float(raw.start)
+        start = float(raw.start)
         segments.append(
             Segment(
                 start=start,
-                end=max(offset + float(raw.end), start),
+                end=max(float(raw.end), start),
                 text=raw.text.strip(),
                 confidence=min(max(math.exp(raw.avg_logprob), 0.0), 1.0),
                 words=words,
             )
         )
-        fraction = min((offset + float(raw.end)) / duration, 1.0)
+        fraction = min(float(raw.end) / duration, 1.0)
         if fraction - reported >= 0.02:
             ctx.report(TaskStatus.PROCESSING_ASR, fraction)
             reported = fraction
     return segments
-
-
-def weighted_confidence(segments: list[Segment]) -> float | None:
-    """Duration-weighted mean of the segment confidences."""
-    pairs = [(s.end - s.start, s.confidence) for s in segments if s.confidence is not None]
-    total = sum(d for d, _ in pairs)
-    if not pairs:
-        return None
-    if total <= 0:
-        return sum(c for _, c in pairs) / len(pairs)
-    return sum(d * c for d, c in pairs) / total
