@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from maie.errors import ErrorCode, MaieError
 from maie.pipeline.context import SAMPLE_RATE, Cancelled, Diarization, TaskContext
@@ -131,7 +132,8 @@ def _resemblyzer(ctx: TaskContext) -> list[tuple[float, float, int]]:
         step_s=settings.step_s,
         min_region_s=settings.min_region_s,
         batch_size=settings.batch_size,
-        on_progress=lambda fraction: ctx.report(TaskStatus.DIARIZING, 0.05 + 0.8 * fraction),
+        cpu_threads=settings.cpu_threads,
+        on_progress=_throttled(ctx, 0.05, 0.85),
     )
     if len(windows) == 0:
         return []
@@ -142,10 +144,27 @@ def _resemblyzer(ctx: TaskContext) -> list[tuple[float, float, int]]:
         max_speakers=ctx.options.max_speakers,
         default_max=settings.max_speakers,
         rule=SplitRule(
-            min_z=settings.split_min_z, min_gap=settings.split_min_gap, max_between=settings.split_max_between
+            min_z=settings.split_min_z,
+            min_gap=settings.split_min_gap,
+            max_between=settings.split_max_between,
+            overlap_s=settings.window_s + 0.1,  # windows closer than this share audio
         ),
         max_spectral_size=settings.max_spectral_size,
     )
     ctx.report(TaskStatus.DIARIZING, 0.95)
     log.debug("diarized %.1f s: %d windows, %d speakers", len(samples) / SAMPLE_RATE, len(windows), labels.max() + 1)
     return windows_to_turns(regions, windows.spans, labels)
+
+
+def _throttled(ctx: TaskContext, low: float, high: float, step: float = 0.02) -> Callable[[float], None]:
+    """Progress callback mapping 0..1 onto low..high, reporting only every ``step`` (an hour has
+    hundreds of speech regions; each report may be a Redis write). Cancellation still surfaces."""
+    last = [-1.0]
+
+    def report(fraction: float) -> None:
+        value = low + (high - low) * fraction
+        if value - last[0] >= step or fraction >= 1.0:
+            last[0] = value
+            ctx.report(TaskStatus.DIARIZING, value)
+
+    return report

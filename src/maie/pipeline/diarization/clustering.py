@@ -15,7 +15,12 @@ cut is kept when the halves are really different:
   over small acoustic drifts that become 'significant' with thousands of windows.
 - or the halves are simply far apart: mean cross similarity ``<= max_between``.
 
-The largest cluster is tried first until nothing splits or the upper bound is reached.
+The largest cluster is tried first until nothing splits or the upper bound is reached. Windows
+that repeat earlier audio almost exactly (looped or duplicated content) are left out of the count:
+repeated audio is not independent evidence, and its perfect self-similarity would pass as a speaker.
+
+Recordings longer than ``MAX_WINDOWS`` windows are clustered on evenly spaced windows and the rest
+are given the nearest speaker centroid, so memory stays bounded whatever the length.
 """
 
 from __future__ import annotations
@@ -32,6 +37,11 @@ Z_CAP = 30
 """Windows counted in the significance of a cut: beyond this, more audio adds no more evidence."""
 MIN_WINDOWS = 2
 """Each half of a cut needs at least this many windows (about 2.25 s of speech)."""
+DUPLICATE_SIMILARITY = 0.99
+"""Cosine similarity above which a window repeats earlier, non-overlapping audio."""
+MAX_WINDOWS = 4800
+"""Windows clustered directly (one hour at the default 0.75 s step); beyond, a subsample is."""
+_BLOCK = 512
 
 
 @dataclass(frozen=True)
@@ -106,6 +116,21 @@ def try_cut(
     return Cut(left, right, z, gap, between) if distinct else None
 
 
+def repeated_windows(embeddings: np.ndarray, centers: np.ndarray, overlap_s: float) -> np.ndarray:
+    """True for windows nearly identical to an earlier window they do not overlap."""
+    n = len(embeddings)
+    repeated = np.zeros(n, dtype=bool)
+    for first in range(0, n, _BLOCK):
+        last = min(first + _BLOCK, n)
+        sims = embeddings[first:last] @ embeddings[:last].T
+        rows = np.arange(first, last)[:, None]
+        earlier = np.arange(last)[None, :] < rows
+        apart = np.abs(centers[first:last, None] - centers[None, :last]) >= overlap_s
+        sims[~(earlier & apart)] = -1.0
+        repeated[first:last] = sims.max(axis=1) >= DUPLICATE_SIMILARITY
+    return repeated
+
+
 def estimate_count(
     embeddings: np.ndarray,
     centers: np.ndarray,
@@ -117,6 +142,9 @@ def estimate_count(
     """How many speakers the windows hold (1..max_speakers)."""
     if len(embeddings) == 0:
         return 0
+    distinct = ~repeated_windows(embeddings, centers, rule.overlap_s)
+    if distinct.sum() >= 2 * MIN_WINDOWS:
+        embeddings, centers = embeddings[distinct], centers[distinct]
     # Largest cluster first: a heap of (-size, tiebreak, members); rejected clusters are final.
     heap: list[tuple[int, int, np.ndarray]] = [(-len(embeddings), 0, np.arange(len(embeddings)))]
     final = 0
@@ -147,6 +175,18 @@ def cluster(
     n = len(embeddings)
     if n == 0:
         return np.zeros(0, dtype=int)
+    if n > MAX_WINDOWS:
+        chosen = _evenly(np.arange(n), MAX_WINDOWS)
+        labels = cluster(
+            embeddings[chosen],
+            centers[chosen],
+            min_speakers=min_speakers,
+            max_speakers=max_speakers,
+            default_max=default_max,
+            rule=rule,
+            max_spectral_size=max_spectral_size,
+        )
+        return nearest_centroid(embeddings, embeddings[chosen], labels)
     upper = min(max_speakers or max(default_max, min_speakers or 1), n)
     lower = min(min_speakers or 1, upper)
     if lower == upper:
@@ -157,3 +197,15 @@ def cluster(
     if k <= 1:
         return np.zeros(n, dtype=int)
     return _spectral(embeddings, k, max_spectral_size)
+
+
+def nearest_centroid(embeddings: np.ndarray, labelled: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Label every embedding with the most similar centroid of the labelled ones."""
+    present = np.unique(labels)
+    centroids = np.stack([labelled[labels == k].mean(axis=0) for k in present])
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    out = np.empty(len(embeddings), dtype=int)
+    for first in range(0, len(embeddings), _BLOCK * 8):
+        block = embeddings[first : first + _BLOCK * 8]
+        out[first : first + len(block)] = present[np.argmax(block @ centroids.T, axis=1)]
+    return out

@@ -7,7 +7,9 @@ region's spectrogram, so overlapping windows share one STFT.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,7 +55,10 @@ def resolve_device(setting: str) -> str:
 def load_encoder(device: str) -> Any:
     """Resemblyzer's VoiceEncoder on ``device`` (weights from the wheel)."""
     try:
-        from resemblyzer import VoiceEncoder
+        with warnings.catch_warnings():
+            # resemblyzer imports scipy.ndimage.morphology, deprecated in SciPy 1.x: not our call to make.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from resemblyzer import VoiceEncoder
     except ImportError as exc:
         raise MaieError(
             ErrorCode.DIARIZATION_FAILED, f"speaker diarization is not installed ({exc}); {EXTRA_HINT}"
@@ -71,6 +76,20 @@ def window_starts(n_frames: int, width: int, step: int) -> list[int]:
     if starts[-1] + width < n_frames:
         starts.append(n_frames - width)
     return starts
+
+
+@contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Run with ``count`` torch CPU threads (None: leave torch's setting), restored afterwards."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 class _Batcher:
@@ -123,6 +142,7 @@ def embed_regions(
     step_s: float,
     min_region_s: float,
     batch_size: int,
+    cpu_threads: int | None = None,
     on_progress: Callable[[float], None] = lambda fraction: None,
 ) -> Windows:
     """Embed windows of ``window_s`` every ``step_s`` inside each region; a region shorter than a
@@ -134,15 +154,16 @@ def embed_regions(
     batcher = _Batcher(encoder, batch_size)
     total = sum(end - start for start, end in regions) or 1.0
     done = 0.0
-    for start, end in regions:
-        done += end - start
-        if end - start < min_region_s:
-            continue
-        segment = samples[int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)] * np.float32(gain)
-        mel = wav_to_mel_spectrogram(segment)
-        for first in window_starts(len(mel), width, step):
-            piece = mel[first : first + width]
-            span = (start + first / FRAMES_PER_S, min(end, start + (first + len(piece)) / FRAMES_PER_S))
-            batcher.add(np.ascontiguousarray(piece), span)
-        on_progress(done / total)
-    return batcher.finish()
+    with torch_threads(cpu_threads):
+        for start, end in regions:
+            done += end - start
+            if end - start < min_region_s:
+                continue
+            segment = samples[int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)] * np.float32(gain)
+            mel = wav_to_mel_spectrogram(segment)
+            for first in window_starts(len(mel), width, step):
+                piece = mel[first : first + width]
+                span = (start + first / FRAMES_PER_S, min(end, start + (first + len(piece)) / FRAMES_PER_S))
+                batcher.add(np.ascontiguousarray(piece), span)
+            on_progress(done / total)
+        return batcher.finish()
