@@ -294,3 +294,23 @@ def test_embedded_mode_generates_key_persists_tasks_and_leaves_no_orphans(tmp_pa
         assert record["status"] == "PENDING"
     finally:
         svc.stop()
+
+
+def test_diarization_over_http_labels_segments_and_lists_speakers(service: Service, shared_audio: Path) -> None:
+    with service.client() as client:
+        task_id = submit(
+            client, shared_audio / "two_speakers_sample.wav", enable_diarization="true", word_timestamps="true"
+        )
+        record = wait_terminal(client, task_id)
+        srt_body = client.get(f"/v1/tasks/{task_id}/transcript", params={"format": "srt"}).text
+    assert record["status"] == "COMPLETE", record
+    assert not record.get("error"), record["error"]
+    speakers = record["results"]["speakers"]
+    assert [s["id"] for s in speakers] == ["S1", "S2"]
+    assert all(s["talk_time_s"] > 3 for s in speakers)
+    segments = record["results"]["segments"]
+    assert {s["speaker"] for s in segments} == {"S1", "S2"}
+    assert all(w["speaker"] == s["speaker"] for s in segments for w in s["words"])
+    assert "S1:" not in record["results"]["raw_transcript"]  # the raw transcript stays plain
+    assert "[S1]" in srt_body and "[S2]" in srt_body
+    assert record["versions"]["diarization"]["method"]
