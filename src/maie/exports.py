@@ -28,6 +28,18 @@ _SPACE = re.compile(r"\s+")
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]<>#|])")
 
 
+def render_results(results: dict[str, Any], fmt: str, *, title: str | None = None) -> tuple[str, str]:
+    """``(body, media_type)`` for a task's stored ``results`` (as in the task record)."""
+    return render_transcript(
+        [Segment.model_validate(s) for s in results.get("segments", [])],
+        fmt,
+        language=results.get("language"),
+        title=title,
+        summary=results.get("summary"),
+        clean_transcript=results.get("clean_transcript"),
+    )
+
+
 def render_transcript(
     segments: Sequence[Segment],
     fmt: str,

@@ -11,11 +11,11 @@ from tqdm import tqdm
 from maie.api.options import check_options, parse_features
 from maie.config import Settings
 from maie.errors import MaieError
-from maie.exports import render_transcript
+from maie.exports import render_results
 from maie.pipeline.context import TaskContext
 from maie.pipeline.registry import ModelRegistry
 from maie.pipeline.run import run_pipeline
-from maie.schemas import Segment, TaskOptions, TaskStatus
+from maie.schemas import TaskOptions, TaskStatus
 
 
 class StageBars:
@@ -107,15 +107,7 @@ def process_files(
                 indent=2,
             )
         else:
-            segments = [Segment.model_validate(s) for s in results.get("segments", [])]
-            body, _ = render_transcript(
-                segments,
-                fmt,
-                language=results.get("language"),
-                title=path.name,
-                summary=results.get("summary"),
-                clean_transcript=results.get("clean_transcript"),
-            )
+            body, _ = render_results(results, fmt, title=path.name)
         if output_dir is None:
             sys.stdout.write(body if body.endswith("\n") else body + "\n")
         else:

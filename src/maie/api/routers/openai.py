@@ -14,9 +14,9 @@ from maie.api.options import ASR_BACKENDS, build_options, check_options
 from maie.api.ratelimit import RateLimitDep
 from maie.api.routers.process import accept_upload, multipart_body
 from maie.errors import ErrorCode, MaieError
-from maie.exports import render_transcript
+from maie.exports import render_results
 from maie.jobs import queue as jobs
-from maie.schemas import Feature, Segment, TaskOptions, TaskStatus
+from maie.schemas import Feature, TaskOptions, TaskStatus
 
 router = APIRouter(prefix="/v1/audio", tags=["openai"])
 
@@ -163,6 +163,5 @@ async def transcriptions(
     if fmt == "verbose_json":
         duration_s = (record.metrics or {}).get("input_duration_s")
         return JSONResponse(verbose_json(results, duration_s, options.word_timestamps), headers=headers)
-    segments = [Segment.model_validate(s) for s in results.get("segments", [])]
-    body, media_type = render_transcript(segments, fmt if fmt != "text" else "txt")
+    body, media_type = render_results({"segments": results.get("segments", [])}, fmt if fmt != "text" else "txt")
     return PlainTextResponse(body, media_type=media_type, headers=headers)

@@ -13,11 +13,11 @@ from sse_starlette.sse import EventSourceResponse
 
 from maie.api.deps import ApiKeyDep, QueueDep, SettingsDep, StoreDep
 from maie.errors import ErrorCode, MaieError
-from maie.exports import render_transcript
+from maie.exports import render_results
 from maie.jobs import queue as jobs
 from maie.jobs.store import TaskStore, events_channel
 from maie.jobs.tasks import remove_task_files
-from maie.schemas import Segment, TaskRecord, TaskStatus
+from maie.schemas import TaskRecord, TaskStatus
 from maie.webhooks import notify_if_wanted
 
 router = APIRouter(prefix="/v1", tags=["tasks"])
@@ -79,15 +79,7 @@ def transcript(
     results = record.results or {}
     if record.status != TaskStatus.COMPLETE or ("segments" not in results and "raw_transcript" not in results):
         raise MaieError(ErrorCode.TASK_NOT_READY, f"task is {record.status.value}; no transcript yet")
-    segments = [Segment.model_validate(s) for s in results.get("segments", [])]
-    body, media_type = render_transcript(
-        segments,
-        format,
-        language=results.get("language"),
-        title=record.filename,
-        summary=results.get("summary"),
-        clean_transcript=results.get("clean_transcript"),
-    )
+    body, media_type = render_results(results, format, title=record.filename)
     stem = (record.filename or task_id).rsplit(".", 1)[0].replace('"', "")
     return Response(body, media_type=media_type, headers={"Content-Disposition": f'inline; filename="{stem}.{format}"'})
 

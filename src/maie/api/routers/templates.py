@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
 from maie.api.deps import ApiKeyDep
+from maie.errors import ErrorCode, MaieError
 from maie.templates import Template, TemplateStore
 
 router = APIRouter(prefix="/v1/templates", tags=["templates"])
@@ -28,6 +29,17 @@ class TemplateIn(BaseModel):
     prompt: str | None = Field(default=None, description="Jinja prompt (rendered in a sandbox).", max_length=64_000)
     schema_: dict[str, Any] | None = Field(default=None, alias="schema", description="JSON Schema, type object.")
     example: dict[str, Any] | None = Field(default=None, description="An output valid against the schema.")
+
+    def parts(self) -> dict[str, Any]:
+        """The keyword arguments of TemplateStore.create/update (None: keep or leave out)."""
+        return {
+            "prompt": self.prompt,
+            "schema": self.schema_,
+            "example": self.example,
+            "name": self.name,
+            "description": self.description,
+            "language": self.language,
+        }
 
 
 def template_out(t: Template) -> dict[str, Any]:
@@ -51,34 +63,14 @@ def get_schema(template_id: str, _: ApiKeyDep, store: TemplatesDep) -> dict[str,
 
 @router.post("", status_code=201, summary="Create a user template (validated; the prompt runs sandboxed)")
 def create_template(body: TemplateIn, _: ApiKeyDep, store: TemplatesDep) -> dict[str, Any]:
-    from maie.errors import ErrorCode, MaieError
-
     if not body.id or body.prompt is None or body.schema_ is None or body.example is None:
         raise MaieError(ErrorCode.TEMPLATE_INVALID, "id, prompt, schema and example are required")
-    created = store.create(
-        body.id,
-        prompt=body.prompt,
-        schema=body.schema_,
-        example=body.example,
-        name=body.name,
-        description=body.description,
-        language=body.language,
-    )
-    return template_out(created)
+    return template_out(store.create(body.id, **body.parts()))
 
 
 @router.put("/{template_id}", summary="Update a user template (built-ins are read-only)")
 def update_template(template_id: str, body: TemplateIn, _: ApiKeyDep, store: TemplatesDep) -> dict[str, Any]:
-    updated = store.update(
-        template_id,
-        prompt=body.prompt,
-        schema=body.schema_,
-        example=body.example,
-        name=body.name,
-        description=body.description,
-        language=body.language,
-    )
-    return template_out(updated)
+    return template_out(store.update(template_id, **body.parts()))
 
 
 @router.delete("/{template_id}", summary="Delete a user template")
