@@ -92,12 +92,15 @@ class Summary:
     usage: LlmUsage
 
 
-class Cancelled(Exception):
-    """The task was cancelled while a stage was running."""
+class Cancelled(BaseException):
+    """The task was cancelled while a stage was running.
+
+    A BaseException (like KeyboardInterrupt): a stage's ``except Exception`` must not swallow it.
+    """
 
 
-class BudgetExceeded(Exception):
-    """The job ran past its time budget (not a MaieError, so optional stages cannot swallow it)."""
+class BudgetExceeded(BaseException):
+    """The job ran past its time budget. A BaseException for the same reason as Cancelled."""
 
 
 @dataclass
