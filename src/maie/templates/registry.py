@@ -72,7 +72,12 @@ class Template:
         return render_prompt(
             self.prompt,
             transcript=transcript,
-            schema=json.dumps(self.schema, ensure_ascii=False, indent=1),
+            # compact, and without "$schema": prompt tokens are most of a small model's time
+            schema=json.dumps(
+                {k: v for k, v in self.schema.items() if k != "$schema"},
+                ensure_ascii=False,
+                separators=(",", ":"),
+            ),
             example=json.dumps(self.example, ensure_ascii=False),
             language=language or self.language or "",
         )

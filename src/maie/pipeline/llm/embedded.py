@@ -52,6 +52,8 @@ def load_llama(path: Path, n_ctx: int, n_threads: int | None) -> Any:
             model_path=str(path),
             n_ctx=n_ctx,
             n_threads=n_threads,
+            # the same for prompt processing: spare threads of a busy machine only spin-wait
+            n_threads_batch=n_threads,
             n_gpu_layers=-1,
             verbose=False,
         )

@@ -59,8 +59,8 @@ def _enhance(ctx: TaskContext) -> Enhancement:
     params = stage_params(llm_settings, "enhance")
     turns = transcript_turns(ctx)
     raw_text = render(turns)
-    if not raw_text.strip():
-        raise MaieError(ErrorCode.ENHANCE_FAILED, "no transcript text to clean")
+    if not raw_text.strip():  # silence: the clean transcript of nothing is empty, no LLM needed
+        return Enhancement(text="", edit_rate=0.0, chunks=0, chunks_kept_raw=0, usage=LlmUsage("", None))
     client = get_llm(ctx, "enhance")
     usage = LlmUsage(
         model="",
@@ -117,7 +117,10 @@ def _clean_chunk(
         *(_EXAMPLE_LABELLED if labelled else _EXAMPLE),
         {"role": "user", "content": source},
     ]
-    reply = client.chat(messages, max_tokens=max_tokens, temperature=temperature, top_k=top_k, json_schema=None)
+    # A cleaned chunk is about as long as its input: a model that loops is cut off early (and
+    # the chunk kept raw) instead of running on to max_tokens.
+    budget = min(max_tokens, len(source) // 2 + 64)
+    reply = client.chat(messages, max_tokens=budget, temperature=temperature, top_k=top_k, json_schema=None)
     add_reply(usage, reply)
     if reply.finish_reason == "length":
         return None

@@ -112,3 +112,92 @@ def _allowed(llama_cpp: Any, sampler: Any, token: int) -> bool:
     candidates = llama_cpp.llama_token_data_array(data, 1, -1, False)
     llama_cpp.llama_sampler_apply(sampler, ctypes.byref(candidates))
     return not math.isinf(data[0].logit)
+
+
+# -- fitting a schema into a token budget ----------------------------------------------------------
+
+DEFAULT_MAX_LENGTH = 2000
+"""Assumed for a string without ``maxLength`` (the fitted schema then sets one)."""
+DEFAULT_MAX_ITEMS = 50
+"""Assumed for an array without ``maxItems``."""
+_SCALAR_CHARS = {"integer": 20, "number": 24, "boolean": 5, "null": 4}
+
+
+def max_chars(schema: Any) -> int:
+    """Longest JSON text the schema allows, in characters (with the grammar's optional spaces; a
+    string character counts once, though an escape writes two or six)."""
+    schema = normalize_schema(schema)
+    return _max_chars(schema)
+
+
+def fit_schema(schema: dict[str, Any], budget_chars: int) -> dict[str, Any]:
+    """A copy of ``schema`` with ``maxLength``/``maxItems`` scaled down (never below the schema's
+    minimums) until the longest allowed output is at most ``budget_chars``.
+
+    Everything the fitted schema allows, the original allows too. Decoding with it means a model
+    that loops inside a string or an array is stopped by the grammar before the token limit cuts
+    the JSON off. Returns the schema unchanged when it already fits.
+    """
+    base = _with_defaults(normalize_schema(schema))
+    if _max_chars(base) <= budget_chars:
+        return base if base != normalize_schema(schema) else schema
+    low, high = 0.0, 1.0
+    for _ in range(20):  # bisection on one scale factor for all bounds
+        mid = (low + high) / 2
+        if _max_chars(_scaled(base, mid)) <= budget_chars:
+            low = mid
+        else:
+            high = mid
+    return _scaled(base, low)
+
+
+def _max_chars(s: Any) -> int:
+    if not isinstance(s, dict) or not s:
+        return DEFAULT_MAX_LENGTH
+    if "const" in s:
+        return len(json.dumps(s["const"])) + 1
+    if "enum" in s:
+        return max((len(json.dumps(v)) for v in s["enum"]), default=4) + 1
+    for key in ("anyOf", "oneOf"):
+        if key in s:
+            return max((_max_chars(v) for v in s[key]), default=4)
+    t = s.get("type")
+    if t == "object" or "properties" in s:
+        props = s.get("properties", {})
+        inner = sum(len(json.dumps(k)) + 3 + _max_chars(v) + 2 for k, v in props.items())
+        return 3 + inner
+    if t == "array":
+        items = s.get("items", {})
+        n = s.get("maxItems", DEFAULT_MAX_ITEMS)
+        return 3 + n * (_max_chars(items) + 2)
+    if t == "string":
+        if s.get("format") in ("date", "time", "date-time"):
+            return 40
+        return 3 + s.get("maxLength", DEFAULT_MAX_LENGTH)
+    return _SCALAR_CHARS.get(str(t), DEFAULT_MAX_LENGTH)
+
+
+def _with_defaults(s: Any) -> Any:
+    if isinstance(s, list):
+        return [_with_defaults(v) for v in s]
+    if not isinstance(s, dict):
+        return s
+    out = {k: _with_defaults(v) for k, v in s.items()}
+    if out.get("type") == "string" and "enum" not in out and "const" not in out and "format" not in out:
+        out.setdefault("maxLength", DEFAULT_MAX_LENGTH)
+    if out.get("type") == "array" and isinstance(out.get("items"), dict):
+        out.setdefault("maxItems", DEFAULT_MAX_ITEMS)
+    return out
+
+
+def _scaled(s: Any, factor: float) -> Any:
+    if isinstance(s, list):
+        return [_scaled(v, factor) for v in s]
+    if not isinstance(s, dict):
+        return s
+    out = {k: _scaled(v, factor) for k, v in s.items()}
+    if "maxLength" in out:
+        out["maxLength"] = max(int(out["maxLength"] * factor), out.get("minLength", 0), 1)
+    if "maxItems" in out:
+        out["maxItems"] = max(int(out["maxItems"] * factor), out.get("minItems", 0))
+    return out

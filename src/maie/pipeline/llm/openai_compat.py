@@ -17,6 +17,7 @@ import hashlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -119,17 +120,24 @@ class OpenAICompatClient:
         forms = self._structured_forms(json_schema) if json_schema is not None else [{}]
         level = min(self._format_level, len(forms) - 1) if json_schema is not None else 0
         while True:
-            response = self._request("POST", "/chat/completions", json={**body, **forms[level]})
-            if response.status_code in (400, 422) and level + 1 < len(forms):
+            has_next = level + 1 < len(forms)
+            response = self._request(
+                "POST",
+                "/chat/completions",
+                json={**body, **forms[level]},
+                give_up=_refuses_form if has_next else None,
+            )
+            if has_next and _refuses_form(response):
                 log.info(
                     "LLM server refused structured output form %d (%s); trying the next",
                     level,
                     _short(response.text),
                 )
                 level += 1
-                self._format_level = max(self._format_level, level)
                 continue
             break
+        if response.status_code == 200 and level > self._format_level:
+            self._format_level = level  # only a form that worked is remembered for the next request
         if response.status_code != 200:
             code = ErrorCode.LLM_UNAVAILABLE if response.status_code in _UNUSABLE_STATUS else None
             raise MaieError(
@@ -154,7 +162,7 @@ class OpenAICompatClient:
                 pass
         else:
             name = str(schema.get("title") or "output")
-            safe_name = "".join(c if c.isalnum() or c in "_-" else "_" for c in name)[:64] or "output"
+            safe_name = "".join(c if (c.isascii() and c.isalnum()) or c in "_-" else "_" for c in name)[:64] or "output"
             forms.append(
                 {
                     "response_format": {
@@ -193,9 +201,17 @@ class OpenAICompatClient:
             self._detected = True
             log.info("LLM server %s: flavour %s, model %s", self.base_url, self._flavour, self._model)
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """One request with retries on connection errors, 429 and 5xx. A read timeout is not
-        retried: the server is up but slow, and asking again would only add to its load."""
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        give_up: Callable[[httpx.Response], bool] | None = None,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        """One request with retries on connection errors, 429 and 5xx (unless ``give_up`` says the
+        answer is final). A read timeout is not retried: the server is up but slow, and asking
+        again would only add to its load."""
         url = self._root + path
         last = ""
         last_response: httpx.Response | None = None
@@ -213,7 +229,7 @@ class OpenAICompatClient:
             except (httpx.TransportError, OSError) as exc:
                 last = f"{type(exc).__name__}: {exc}"
                 continue
-            if response.status_code in _RETRY_STATUS:
+            if response.status_code in _RETRY_STATUS and not (give_up and give_up(response)):
                 last = f"{response.status_code}: {_short(response.text)}"
                 last_response = response
                 continue
@@ -251,6 +267,15 @@ class OpenAICompatClient:
             time_s=time.perf_counter() - started,
             finish_reason=choice.get("finish_reason"),
         )
+
+
+def _refuses_form(response: httpx.Response) -> bool:
+    """The server rejected the structured-output form itself (llama-cpp-python's server answers
+    500 to a request body it cannot validate, others 400/422)."""
+    if response.status_code in (400, 422):
+        return True
+    text = response.text
+    return response.status_code == 500 and any(k in text for k in ("response_format", "json_schema", "grammar"))
 
 
 def _short(text: str, limit: int = 300) -> str:

@@ -14,6 +14,7 @@ from maie.errors import ErrorCode, MaieError
 from maie.pipeline.context import Cancelled, LlmUsage, Summary, TaskContext
 from maie.pipeline.llm.client import LlmClient, Message, add_reply
 from maie.pipeline.llm.factory import StageParams, get_llm, report_progress, stage_params
+from maie.pipeline.llm.grammar import fit_schema
 from maie.pipeline.llm.text import Turn, chunk_turns, render, transcript_turns
 from maie.templates import PromptError, Template, TemplateStore, first_error
 
@@ -24,6 +25,11 @@ SYSTEM_PROMPT = (
 PARTS_HEADER = "Summaries of consecutive parts of one long transcript, in order (JSON):"
 _MAX_ECHO_CHARS = 1500
 """How much of an invalid reply is shown back to the model with the error."""
+BUDGET_CHARS_PER_TOKEN = (3.0, 1.0, 0.4)
+"""Longest output the grammar allows on attempt 1, 2, 3+, in characters per ``max_tokens``. English
+JSON runs at about 3-4 characters a token, so the first attempt rarely constrains a good model,
+while one that loops inside a string is stopped before the token limit cuts its JSON off; after a
+cut-off the bounds tighten until even one token per character fits."""
 
 
 def summarize(ctx: TaskContext) -> Summary:
@@ -150,12 +156,13 @@ class _Run:
         messages = base
         error = ""
         for attempt in range(1, self.max_attempts + 1):
+            ratio = BUDGET_CHARS_PER_TOKEN[min(attempt, len(BUDGET_CHARS_PER_TOKEN)) - 1]
             reply = self.client.chat(
                 messages,
                 max_tokens=self.params.max_tokens,
                 temperature=self.params.temperature,
                 top_k=self.params.top_k,
-                json_schema=self.template.schema,
+                json_schema=fit_schema(self.template.schema, int(self.params.max_tokens * ratio)),
             )
             add_reply(self.usage, reply)
             data, error = self._check(reply.text, reply.finish_reason)
