@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 
 
@@ -90,3 +92,16 @@ class MaieError(Exception):
     @property
     def status_code(self) -> int:
         return HTTP_STATUS.get(self.code, 500)
+
+
+@contextmanager
+def failures_as(code: ErrorCode, what: str) -> Iterator[None]:
+    """Any unexpected exception inside becomes ``MaieError(code)``: a bug in an optional stage costs that
+    stage, never the transcript. MaieErrors pass as they are; so do Cancelled and BudgetExceeded, which
+    are BaseExceptions."""
+    try:
+        yield
+    except MaieError:
+        raise
+    except Exception as exc:
+        raise MaieError(code, f"{what} failed: {exc}") from exc

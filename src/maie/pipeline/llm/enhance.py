@@ -11,8 +11,8 @@ import re
 
 from rapidfuzz.distance import Levenshtein
 
-from maie.errors import ErrorCode, MaieError
-from maie.pipeline.context import Cancelled, Enhancement, LlmUsage, TaskContext
+from maie.errors import ErrorCode, failures_as
+from maie.pipeline.context import Enhancement, LlmUsage, TaskContext
 from maie.pipeline.llm.client import LlmClient, Message, add_reply
 from maie.pipeline.llm.factory import get_llm, report_progress, stage_params
 from maie.pipeline.llm.text import Turn, chunk_turns, merge_turns, render, transcript_turns
@@ -46,12 +46,8 @@ _NOT_WORD = re.compile(r"[^\w\s]+")
 def enhance(ctx: TaskContext) -> Enhancement:
     """Clean the task's transcript. Raises MaieError (ENHANCE_FAILED, LLM_UNAVAILABLE) on failure,
     never a bare exception, so the caller can keep the raw transcript."""
-    try:
+    with failures_as(ErrorCode.ENHANCE_FAILED, "clean transcript"):
         return _enhance(ctx)
-    except (MaieError, Cancelled):
-        raise
-    except Exception as exc:  # keep the ASR work: any bug here becomes a warning, not a failed task
-        raise MaieError(ErrorCode.ENHANCE_FAILED, f"clean transcript failed: {exc}") from exc
 
 
 def _enhance(ctx: TaskContext) -> Enhancement:

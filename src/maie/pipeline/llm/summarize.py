@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from maie.errors import ErrorCode, MaieError
-from maie.pipeline.context import Cancelled, LlmUsage, Summary, TaskContext
+from maie.errors import ErrorCode, MaieError, failures_as
+from maie.pipeline.context import LlmUsage, Summary, TaskContext
 from maie.pipeline.llm.client import LlmClient, Message, add_reply
 from maie.pipeline.llm.factory import StageParams, get_llm, report_progress, stage_params
 from maie.pipeline.llm.grammar import fit_schema
@@ -35,12 +35,8 @@ cut-off the bounds tighten until even one token per character fits."""
 def summarize(ctx: TaskContext) -> Summary:
     """Summarise the task's transcript with its template. Raises MaieError (SUMMARY_FAILED,
     LLM_UNAVAILABLE) on failure, never a bare exception, so the transcript is kept."""
-    try:
+    with failures_as(ErrorCode.SUMMARY_FAILED, "summary"):
         return _summarize(ctx)
-    except (MaieError, Cancelled):
-        raise
-    except Exception as exc:  # keep the ASR work: any bug here becomes a warning, not a failed task
-        raise MaieError(ErrorCode.SUMMARY_FAILED, f"summary failed: {exc}") from exc
 
 
 def _summarize(ctx: TaskContext) -> Summary:
