@@ -32,8 +32,8 @@ import numpy as np
 from maie.config import Settings
 from maie.pipeline.audio import decode_file
 from maie.pipeline.context import SAMPLE_RATE, DecodedAudio, TaskContext
-from maie.pipeline.diarize import diarize
 from maie.pipeline.registry import ModelRegistry
+from maie.pipeline.speakers import diarize
 from maie.schemas import TaskOptions
 
 AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"

@@ -8,6 +8,8 @@ Every server is a fresh subprocess (uvicorn defaults: h11, asyncio loop), measur
 * ``uploadfile``  FastAPI ``file: UploadFile`` endpoint copying the spooled upload with shutil.copyfileobj
 * ``stream-min``  a bare FastAPI endpoint calling ``maie.api.uploads.receive_form`` (parser cost alone)
 * ``maie``        the real service: ``python -m maie serve --workers 0`` (auth, rate limit, queue, probe)
+* ``maie-s3``     the same with ``MAIE_STORAGE_URL=s3://...``: a moto S3 server (``moto[server]``, a
+                  subprocess on 127.0.0.1) receives the multipart uploads; "disk" is then the API's own
 
 Per upload: server RSS growth (peak RSS during the upload, from VmHWM reset through
 /proc/<pid>/clear_refs and 5 ms psutil sampling, minus RSS before), MiB/s (file bytes / wall time from
@@ -42,6 +44,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 from fastapi import File, Request, UploadFile  # module level: endpoint annotations resolve here
@@ -112,7 +115,14 @@ def _serve(kind: str, port: int, dest: Path, max_mb: int, count: bool) -> None:
             return await app(scope, receive, send)
 
         asgi = counting  # type: ignore[assignment]
-    uvicorn.run(asgi, host="127.0.0.1", port=port, log_level="warning")
+    # BENCH_HTTP=h11|httptools|bounded picks the HTTP protocol (bounded: maie's, maie.api.http_protocol),
+    # to compare upload throughput of the protocols on the same endpoint.
+    http: Any = os.environ.get("BENCH_HTTP", "auto")
+    if http == "bounded":
+        from maie.api.http_protocol import BoundedHttpToolsProtocol
+
+        http = BoundedHttpToolsProtocol
+    uvicorn.run(asgi, host="127.0.0.1", port=port, log_level="warning", http=http)
 
 
 @dataclass
@@ -122,6 +132,7 @@ class Server:
     port: int
     path: str
     data: Path
+    s3_prefix: str | None = None
 
     @property
     def pid(self) -> int:
@@ -137,9 +148,73 @@ class Server:
                 self.proc.wait()
 
     def clear_data(self) -> None:
-        """Delete stored uploads (``<task dir>/source.*``) so a run does not fill the disk."""
+        """Delete stored uploads (``<task dir>/source.*`` or the S3 objects) so a run does not fill up."""
         for stored in list(self.data.rglob("source.*")):
             shutil.rmtree(stored.parent, ignore_errors=True)
+        if self.s3_prefix is not None:
+            client = _moto_client()
+            for obj in client.list_objects_v2(Bucket=S3_BUCKET, Prefix=self.s3_prefix + "/").get("Contents", []):
+                client.delete_object(Bucket=S3_BUCKET, Key=obj["Key"])
+
+    def leftovers(self) -> list[str]:
+        """Stored uploads and (S3) open multipart uploads."""
+        found = [str(p) for p in self.data.rglob("source.*")]
+        if self.s3_prefix is not None:
+            client = _moto_client()
+            prefix = self.s3_prefix + "/"
+            found += [o["Key"] for o in client.list_objects_v2(Bucket=S3_BUCKET, Prefix=prefix).get("Contents", [])]
+            found += [
+                u["Key"] for u in client.list_multipart_uploads(Bucket=S3_BUCKET, Prefix=prefix).get("Uploads", [])
+            ]
+        return found
+
+
+S3_BUCKET = "maie-bench"
+_moto: dict[str, object] = {}
+
+
+def _moto_endpoint(work: Path) -> str:
+    """Start one moto S3 server for the run (stopped by ``_stop_moto``) and create the bucket."""
+    if "endpoint" not in _moto:
+        port = _free_port()
+        log = open(work / "moto.log", "wb")  # noqa: SIM115 (kept open for the server's life)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log
+        )
+        _moto.update(proc=proc, endpoint=f"http://127.0.0.1:{port}")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("moto server did not start") from None
+                time.sleep(0.2)
+        _moto_client().create_bucket(Bucket=S3_BUCKET)
+    return str(_moto["endpoint"])
+
+
+def _moto_client():  # type: ignore[no-untyped-def]
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=str(_moto["endpoint"]),
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=Config(s3={"addressing_style": "path"}),
+    )
+
+
+def _stop_moto() -> None:
+    proc = _moto.pop("proc", None)
+    _moto.pop("endpoint", None)
+    if isinstance(proc, subprocess.Popen):
+        proc.terminate()
+        proc.wait(10)
 
 
 def _free_port() -> int:
@@ -167,7 +242,18 @@ def start_server(kind: str, work: Path, *, max_mb: int, queue_depth: int = 10000
     port = _free_port()
     data = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=work))
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "TMPDIR": str(data)}
-    if kind == "maie":
+    s3_prefix = None
+    if kind == "maie-s3":
+        s3_prefix = data.name
+        env.update(
+            MAIE_STORAGE_URL=f"s3://{S3_BUCKET}/{s3_prefix}",
+            MAIE_S3__ENDPOINT_URL=_moto_endpoint(work),
+            MAIE_S3__REGION="us-east-1",
+            AWS_ACCESS_KEY_ID="testing",
+            AWS_SECRET_ACCESS_KEY="testing",
+            AWS_EC2_METADATA_DISABLED="true",
+        )
+    if kind in ("maie", "maie-s3"):
         env.update(
             MAIE_API_KEYS=API_KEY,
             MAIE_DATA_DIR=str(data),
@@ -193,7 +279,7 @@ def start_server(kind: str, work: Path, *, max_mb: int, queue_depth: int = 10000
         proc.kill()
         proc.wait()
         raise RuntimeError(f"{kind}: {log.read_text()[-2000:]}") from None
-    return Server(kind, proc, port, path, data)
+    return Server(kind, proc, port, path, data, s3_prefix)
 
 
 # -- measuring a server process -----------------------------------------------------------------------
@@ -553,11 +639,12 @@ def main() -> None:
         if not args.quick:
             print()
             limit = args.oversize_limit_mb * MiB
-            for kind in [k for k in ("stream-min", "maie") if k in kinds]:
+            for kind in [k for k in ("stream-min", "maie", "maie-s3") if k in kinds]:
                 server = start_server(kind, work, max_mb=args.oversize_limit_mb, count=kind == "stream-min")
                 try:
                     status, past, app_past = oversized_upload(server, limit)
-                    leftovers = [p for p in server.data.rglob("source.*")]
+                    time.sleep(1)  # S3 aborts finish in a background thread of the API
+                    leftovers = server.leftovers()
                 finally:
                     server.stop()
                     shutil.rmtree(server.data, ignore_errors=True)
@@ -568,13 +655,14 @@ def main() -> None:
                     f"files left: {len(leftovers)}"
                 )
 
-        for kind in [k for k in ("uploadfile", "stream-min", "maie") if k in kinds and args.concurrent]:
+        for kind in [k for k in ("uploadfile", "stream-min", "maie", "maie-s3") if k in kinds and args.concurrent]:
             print()
             server = start_server(kind, work, max_mb=16, queue_depth=args.queue_depth)
             try:
                 outcome = asyncio.run(concurrent_uploads(server, args.concurrent, MiB))
                 # the queue now holds every accepted task: one more upload shows the limit itself
                 after = asyncio.run(concurrent_uploads(server, 1, MiB))["statuses"] if kind == "maie" else {}
+                stored = len(server.leftovers()) if kind == "maie-s3" else None
             finally:
                 server.stop()
                 shutil.rmtree(server.data, ignore_errors=True)
@@ -588,9 +676,11 @@ def main() -> None:
                 f"accepted {statuses.get(202, 0) + statuses.get(200, 0)}, refused 429 {statuses.get(429, 0)}, "
                 f"other statuses {other or 0}, client errors {errors or 0}; "
                 f"{outcome['seconds']:.1f} s, server RSS +{outcome['rss_growth'] / MiB:.1f} MiB (peak)"  # type: ignore[operator]
-                 + (f"; one more upload afterwards: HTTP {next(iter(after), 'error')}" if after else "")  # type: ignore[call-overload]
+                + (f"; one more upload afterwards: HTTP {next(iter(after), 'error')}" if after else "")  # type: ignore[call-overload]
+                + (f"; objects in the bucket: {stored}" if stored is not None else "")
             )
     finally:
+        _stop_moto()
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -20,7 +20,7 @@ SHARED_AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"
 def shared_audio() -> Path:
     """The reference recordings (``../shared/audio``; README there has the transcripts)."""
     if not SHARED_AUDIO.is_dir():
-        pytest.skip(f"reference audio not found at {SHARED_AUDIO}")
+        pytest.fail(f"reference audio not found at {SHARED_AUDIO}: the tests need ../shared/audio beside the project")
     return SHARED_AUDIO
 
 

@@ -22,7 +22,7 @@ _shared: Service | None = None
 def live_service(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Service:
     global _shared
     if not JFK.is_file():
-        pytest.skip(f"reference audio not found at {JFK}")
+        pytest.fail(f"reference audio not found at {JFK}")
     if _shared is None or _shared.proc.poll() is not None:
         svc = start_service(tmp_path_factory.mktemp("live") / "data")
         request.config.add_cleanup(svc.stop)

@@ -10,9 +10,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import psutil
+
+if TYPE_CHECKING:
+    import redis
 
 API_KEY = "test-key-0123456789"
 
@@ -74,10 +78,17 @@ class Service:
 
 
 def start_service(
-    data_dir: Path, *, workers: int = 1, env: dict[str, str] | None = None, port: int | None = None
+    data_dir: Path,
+    *,
+    workers: int = 1,
+    env: dict[str, str] | None = None,
+    port: int | None = None,
+    new_session: bool = False,
 ) -> Service:
+    """``new_session``: run it as a terminal would, its own process group (for Ctrl-C to the group)."""
     port = port or free_port()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    # The parent only: ``maie serve`` creates the data dir itself (0700), as it does for an operator.
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
     log_path = data_dir.parent / f"serve-{port}.log"
     full_env = {
         **os.environ,
@@ -94,6 +105,7 @@ def start_service(
             stdout=log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            start_new_session=new_session,
         )
     return Service(proc=proc, base_url=f"http://127.0.0.1:{port}", data_dir=data_dir, log_path=log_path)
 
@@ -108,3 +120,61 @@ def wait_terminal(client: httpx.Client, task_id: str, timeout_s: float = 300.0) 
             return record
         time.sleep(0.2)
     raise TimeoutError(f"task {task_id} not terminal after {timeout_s}s: {record}")
+
+
+@dataclass
+class TcpRedis:
+    """A redis-server of the test's own on a TCP port (no password), for tests that read or corrupt
+    records directly: pass ``url`` to ``start_service`` as MAIE_REDIS_URL."""
+
+    proc: subprocess.Popen[bytes]
+    url: str
+
+    def client(self) -> redis.Redis:
+        import redis
+
+        return redis.Redis.from_url(self.url)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def start_redis_tcp(work_dir: Path) -> TcpRedis:
+    import redis
+
+    from maie.jobs.redis_server import redis_server_binary
+
+    port = free_port()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [
+            redis_server_binary(),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(work_dir),
+            "--maxclients",
+            "10000",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            if redis.Redis.from_url(url, socket_connect_timeout=0.5).ping():
+                return TcpRedis(proc, url)
+        except redis.RedisError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise
+            time.sleep(0.1)

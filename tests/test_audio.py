@@ -96,22 +96,28 @@ def test_reference_files(shared_audio: Path) -> None:
     assert jfk.declared_duration_s == pytest.approx(11.0, abs=0.01)
     mp3 = decode_file(shared_audio / "multilingual.mp3")
     assert mp3.duration_s == pytest.approx(59.9, abs=0.2)
-    assert mp3.channels is None
+    assert mp3.channel_features is None
 
 
 def test_stereo_channels_kept_only_when_asked(shared_audio: Path, make_ctx) -> None:
     path = shared_audio / "stereo_diarization.wav"
     plain = decode_audio(make_ctx(path))
-    assert plain.channels is None
+    assert plain.channel_features is None
     assert plain.source_channels == 2
 
     audio = decode_audio(make_ctx(path, diarize_by_channel=True))
-    assert audio.channels is not None and len(audio.channels) == 2
-    left, right = audio.channels
-    assert len(left) == len(right) == len(audio.samples) == 5 * SAMPLE_RATE
-    # A different speaker on each channel: the two signals are unrelated.
-    assert abs(np.corrcoef(left, right)[0, 1]) < 0.2
-    np.testing.assert_allclose(audio.samples, (left + right) / 2, atol=1e-6)
+    features = audio.channel_features
+    assert features is not None and features.speech is not None
+    assert features.energy_db.shape == features.speech.shape == (2, 5 * SAMPLE_RATE // 480)
+    assert len(audio.samples) == 5 * SAMPLE_RATE
+    # A different speaker on each channel: each channel is loud where the other is not.
+    left, right = features.energy_db
+    assert abs(np.corrcoef(left, right)[0, 1]) < 0.5
+    # The mix is the same with or without the per-channel analysis: the mean of both channels.
+    np.testing.assert_allclose(audio.samples, plain.samples, atol=1e-6)
+    with av.open(str(path)) as c:
+        pcm = np.concatenate([f.to_ndarray().reshape(-1, 2) for f in c.decode(audio=0)]).astype(np.float32) / 32768
+    np.testing.assert_allclose(audio.samples, pcm.mean(axis=1), atol=1e-4)
 
 
 def test_progress_reported_at_most_about_20_times(shared_audio: Path, make_ctx) -> None:

@@ -84,7 +84,9 @@ def declared_oversize(c: httpx.Client) -> httpx.Response:
         while chunk := s.recv(65536):
             raw += chunk
     head, _, body = raw.partition(b"\r\n\r\n")
-    return httpx.Response(int(head.split()[1]), content=body)
+    return httpx.Response(
+        int(head.split()[1]), content=body, request=httpx.Request("POST", c.base_url.join("/v1/process"))
+    )
 
 
 EVIL_TEMPLATE = {
@@ -233,8 +235,11 @@ def test_bad_input(
     with service.client() as client:
         r = call(client)
     assert r.status_code == status, (name, r.status_code, r.text)
-    assert r.json()["code"] == code, (name, r.text)
-    assert r.json()["detail"]
+    body = r.json()
+    if str(r.request.url.path).startswith("/v1/audio/"):  # OpenAI's error shape there
+        body = {"code": body["error"]["code"], "detail": body["error"]["message"]}
+    assert body["code"] == code, (name, r.text)
+    assert body["detail"]
     after = sorted(audio_root.iterdir()) if audio_root.exists() else []
     assert after == before, f"{name} left files behind"
 

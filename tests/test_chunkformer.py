@@ -17,7 +17,8 @@ import pytest
 from maie.config import AsrSettings, Settings
 from maie.errors import ErrorCode, MaieError
 from maie.pipeline.asr import chunkformer
-from maie.pipeline.context import SAMPLE_RATE, DecodedAudio, SpeechRegions, TaskContext
+from maie.pipeline.asr.backend import AsrRequest, LoadedModel
+from maie.pipeline.context import SAMPLE_RATE, DecodedAudio, SpeechRegions, TaskContext, Transcript
 from maie.pipeline.registry import ModelRegistry
 from maie.schemas import TaskOptions, TaskStatus
 
@@ -135,30 +136,34 @@ def with_audio(ctx: TaskContext, samples: np.ndarray, regions: list[tuple[float,
     return ctx
 
 
+def transcribe(ctx: TaskContext) -> Transcript:
+    """The backend called as the ASR stage calls it (``maie.pipeline.asr.backend``): spec from the
+    settings, the warm model from the registry, the context's speech regions."""
+    spec = chunkformer.resolve_spec(ctx.settings)
+    loaded: list[bool] = []
+
+    def load() -> object:
+        loaded.append(True)
+        return chunkformer.load(spec)
+
+    model = LoadedModel(spec, ctx.models.get(spec.key, load))
+    assert ctx.audio is not None and ctx.speech is not None
+    request = AsrRequest(language=ctx.options.language, progress=lambda f: ctx.report(TaskStatus.PROCESSING_ASR, f))
+    transcript = chunkformer.transcribe(ctx.audio.samples, ctx.speech.regions, request, model)
+    transcript.load_time_s = ctx.models.load_time(spec.key) if loaded else 0.0
+    return transcript
+
+
 def test_missing_model_setting_names_the_setting_and_the_extra() -> None:
     ctx = make_ctx(None)
     with pytest.raises(MaieError) as info:
-        chunkformer.transcribe(ctx)
+        transcribe(ctx)
     assert info.value.code == ErrorCode.MODEL_UNAVAILABLE
     assert "MAIE_ASR__CHUNKFORMER_MODEL" in info.value.message
     assert "maie[chunkformer]" in info.value.message
 
 
-# --- everything below needs torch ----------------------------------------------------------------
-
-
-def _torch_importable() -> bool:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-needs_torch = pytest.mark.skipif(
-    not _torch_importable(),
-    reason="torch is not installed: the ChunkFormer backend needs it (pip install 'maie[chunkformer]')",
-)
+# --- everything below needs torch (the test command installs the chunkformer extra) --------------
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +176,6 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory, jfk: np.ndarray) -> Pat
     return tiny_checkpoint(tmp_path_factory.mktemp("chunkformer-tiny"), jfk)
 
 
-@needs_torch
 def test_fbank_matches_torchaudio_kaldi_reference(jfk: np.ndarray) -> None:
     feats = chunkformer.kaldi_fbank(jfk)
     # 1 + (176000 - 400) // 160 frames of 80 bins, as Kaldi's snip_edges framing gives
@@ -181,7 +185,6 @@ def test_fbank_matches_torchaudio_kaldi_reference(jfk: np.ndarray) -> None:
     assert feats.mean().item() == pytest.approx(REFERENCE_MEAN, abs=1e-3)
 
 
-@needs_torch
 def test_missing_files_are_model_unavailable(tmp_path: Path) -> None:
     (tmp_path / "config.yaml").write_text("input_dim: 80\n")
     with pytest.raises(MaieError) as info:
@@ -190,7 +193,6 @@ def test_missing_files_are_model_unavailable(tmp_path: Path) -> None:
     assert "vocab.txt" in info.value.message and "pytorch_model.bin" in info.value.message
 
 
-@needs_torch
 def test_config_that_does_not_match_the_weights_is_refused(tmp_path: Path, checkpoint: Path) -> None:
     import shutil
 
@@ -207,7 +209,6 @@ def test_config_that_does_not_match_the_weights_is_refused(tmp_path: Path, check
     assert "encoders.2" in info.value.message
 
 
-@needs_torch
 @pytest.mark.slow
 def test_transcribe_tiny_checkpoint_on_real_audio(checkpoint: Path, jfk: np.ndarray) -> None:
     registry = ModelRegistry()
@@ -220,7 +221,7 @@ def test_transcribe_tiny_checkpoint_on_real_audio(checkpoint: Path, jfk: np.ndar
     ctx = with_audio(make_ctx(checkpoint, registry, chunkformer_batch_size=3, **decoding), jfk, regions)
     ctx.report = lambda stage, fraction: reports.append((stage, fraction))
 
-    first = chunkformer.transcribe(ctx)
+    first = transcribe(ctx)
 
     assert len(first.segments) >= 2, "the random model should still emit tokens on 11 s of speech"
     previous_end = 0.0
@@ -255,26 +256,24 @@ def test_transcribe_tiny_checkpoint_on_real_audio(checkpoint: Path, jfk: np.ndar
 
     # a second job: warm model, and with everything in one pass the transcript is the same
     ctx = with_audio(make_ctx(checkpoint, registry, **decoding), jfk, regions)
-    second = chunkformer.transcribe(ctx)
+    second = transcribe(ctx)
     assert registry.loads() == 1, "the second job reloaded the model"
     assert second.load_time_s == 0.0
     assert second.versions["decoding"]["batch_size"] > 3
     assert [s.model_dump() for s in second.segments] == [s.model_dump() for s in first.segments]
 
 
-@needs_torch
 @pytest.mark.slow
 def test_only_speech_regions_are_decoded(checkpoint: Path, jfk: np.ndarray) -> None:
     registry = ModelRegistry()
     ctx = with_audio(make_ctx(checkpoint, registry), jfk, [(2.0, 5.0)])
-    transcript = chunkformer.transcribe(ctx)
+    transcript = transcribe(ctx)
     assert transcript.segments
     assert all(s.start >= 2.0 and s.end <= 5.0 for s in transcript.segments)
-    empty = chunkformer.transcribe(with_audio(make_ctx(checkpoint, registry), jfk, []))
+    empty = transcribe(with_audio(make_ctx(checkpoint, registry), jfk, []))
     assert empty.segments == [] and empty.confidence is None
 
 
-@needs_torch
 @pytest.mark.slow
 def test_cached_long_form_passes_match_one_pass(checkpoint: Path, jfk: np.ndarray) -> None:
     """A region longer than one pass is decoded in passes carrying attention/convolution caches
@@ -297,7 +296,6 @@ def test_cached_long_form_passes_match_one_pass(checkpoint: Path, jfk: np.ndarra
                 np.testing.assert_allclose(passes.probs, whole[0].probs, atol=1e-5)
 
 
-@needs_torch
 @pytest.mark.slow
 def test_packed_regions_match_regions_decoded_alone(checkpoint: Path, jfk: np.ndarray) -> None:
     """Short regions share a masked batch; masking must keep them independent."""

@@ -9,6 +9,7 @@ import sys
 import time
 import wave
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -136,18 +137,31 @@ def test_cancel_mid_job_stops_it_and_removes_data(
     assert "results" not in record
 
 
-@pytest.mark.parametrize("fast_recovery_service", [{"MAIE_RETENTION_HOURS": "0.0005"}], indirect=True)
-def test_retention_deletes_audio_and_results(fast_recovery_service: Service, shared_audio: Path) -> None:
+RETENTION_S = 7.2
+
+
+@pytest.mark.parametrize("fast_recovery_service", [{"MAIE_RETENTION_HOURS": str(RETENTION_S / 3600)}], indirect=True)
+def test_retention_deletes_audio_and_results(fast_recovery_service: Service, long_wav: Path) -> None:
+    """Retention counts from when a task finished: a job that ran longer than the retention period is
+    still readable when it completes (it used to be purged at the first pass after it finished, so a
+    client polling for it saw 404), and goes once the period has passed since it ended."""
     svc = fast_recovery_service
     with svc.client() as client:
-        task_id = submit(client, shared_audio / "jfk.flac")
+        task_id = submit(client, long_wav)
         record = wait_terminal(client, task_id)
         assert record["status"] == "COMPLETE"
-        deadline = time.monotonic() + 30
+        submitted, completed = (iso_epoch(record[k]) for k in ("submitted_at", "completed_at"))
+        assert completed - submitted > RETENTION_S  # by submission time, it would be gone already
+        deadline = time.monotonic() + 60
         while client.get(f"/v1/status/{task_id}").status_code != 404:
             assert time.monotonic() < deadline, "retention never ran"
             time.sleep(0.5)
+        assert time.time() >= completed + RETENTION_S
     assert not (svc.data_dir / "audio" / task_id).exists()
+
+
+def iso_epoch(value: str) -> float:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
 def test_queue_full_disk_floor_and_rate_limit(tmp_path: Path, shared_audio: Path) -> None:

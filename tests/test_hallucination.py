@@ -5,11 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 from maie.pipeline.asr.hallucination import (
+    HallucinationFilter,
     collapse_loops,
     filter_hallucinations,
     is_filler_text,
     normalise,
 )
+from maie.pipeline.context import SegmentSignals
 from maie.schemas import Segment, Word
 
 RATE = 16_000
@@ -34,21 +36,21 @@ def test_normalise() -> None:
 def test_single_word_loop_collapses_and_keeps_the_rest() -> None:
     out, removed = filter_hallucinations([seg("So the the the the the plan is simple.")])
     assert [s.text for s in out] == ["So the plan is simple."]
-    assert removed == 1
+    assert removed == {"loop": 1}
 
 
 def test_phrase_loop_collapses() -> None:
     text = "and then I said " + "we can do it " * 5 + "tomorrow."
     out, removed = filter_hallucinations([seg(text)])
     assert out[0].text == "and then I said we can do it tomorrow."
-    assert removed == 1
+    assert removed == {"loop": 1}
 
 
 def test_short_repeats_are_real_speech() -> None:
     texts = ["No, no, no, that's wrong.", "It was very very good.", "Go go go!"]
     out, removed = filter_hallucinations([seg(t) for t in texts])
     assert [s.text for s in out] == texts
-    assert removed == 0
+    assert removed == {}
 
 
 def test_never_drop_a_long_segment_for_one_repeat() -> None:
@@ -62,7 +64,7 @@ def test_never_drop_a_long_segment_for_one_repeat() -> None:
     assert "but I think we should revisit" in out[0].text
     assert out[0].text.startswith("We reviewed the budget")
     assert out[0].text.endswith("thank you.")
-    assert removed == 1
+    assert removed == {"loop": 1}
 
 
 def test_loop_collapse_keeps_words_in_step() -> None:
@@ -94,7 +96,7 @@ def test_fillers_dropped_when_low_confidence() -> None:
     ]
     out, removed = filter_hallucinations(segments)
     assert out == []
-    assert removed == 5
+    assert removed == {"filler": 5}
 
 
 def test_fillers_dropped_in_near_silence_even_if_confident() -> None:
@@ -102,7 +104,7 @@ def test_fillers_dropped_in_near_silence_even_if_confident() -> None:
     segments = [seg("Let us begin.", 0, 2, confidence=0.9), seg("Thank you.", 2, 4, confidence=0.95)]
     out, removed = filter_hallucinations(segments, audio=audio)
     assert [s.text for s in out] == ["Let us begin."]
-    assert removed == 1
+    assert removed == {"filler": 1}
 
 
 def test_clear_confident_filler_in_speech_is_kept() -> None:
@@ -110,7 +112,7 @@ def test_clear_confident_filler_in_speech_is_kept() -> None:
     segments = [seg("Thank you.", 0, 2, confidence=0.9), seg("You", 2, 4, confidence=0.8)]
     out, removed = filter_hallucinations(segments, audio=audio)
     assert [s.text for s in out] == ["Thank you.", "You"]
-    assert removed == 0
+    assert removed == {}
 
 
 def test_filler_inside_real_speech_is_kept() -> None:
@@ -121,19 +123,46 @@ def test_filler_inside_real_speech_is_kept() -> None:
 def test_empty_and_music_only_segments_dropped() -> None:
     out, removed = filter_hallucinations([seg("   "), seg("♪ ♪"), seg("..."), seg("Real words.")])
     assert [s.text for s in out] == ["Real words."]
-    assert removed == 3
+    assert removed == {"empty": 3}
 
 
-def test_looping_segments_keep_the_first() -> None:
+def test_looping_segments_the_model_invented_keep_the_first() -> None:
+    """A repeat goes when Whisper's signals say it was made up: an unsure decoding loop (high
+    compression ratio, low log-prob) or a window the model itself thought silent (high no-speech
+    probability, low log-prob)."""
+    looped = SegmentSignals(no_speech_prob=0.1, avg_logprob=-1.3, compression_ratio=3.1)
+    silent = SegmentSignals(no_speech_prob=0.9, avg_logprob=-1.4, compression_ratio=1.2)
+    spoken = SegmentSignals(no_speech_prob=0.01, avg_logprob=-0.2, compression_ratio=1.3)
     segments = (
         [seg("Okay, next item.", 0, 1)] + [seg("I'm not sure.", i, i + 1) for i in range(1, 7)] + [seg("Done.", 7, 8)]
     )
-    out, removed = filter_hallucinations(segments)
+    signals = [spoken, spoken, looped, silent, looped, silent, looped, spoken]
+    out, removed = filter_hallucinations(segments, signals=signals)
     assert [s.text for s in out] == ["Okay, next item.", "I'm not sure.", "Done."]
-    assert removed == 5
-    # Three in a row is still plausible speech.
-    out, removed = filter_hallucinations([seg("Yes.", i, i + 1) for i in range(3)])
-    assert len(out) == 3 and removed == 0
+    assert removed == {"repeat": 5}
+
+
+def test_repeats_over_silence_or_outside_vad_speech_go() -> None:
+    audio = np.concatenate([speech_like(2.0), np.full(6 * RATE, 1e-4, np.float32)])
+    segments = [seg("Is anyone there?", i * 2, i * 2 + 2) for i in range(4)]
+    out, removed = filter_hallucinations(segments, audio=audio)
+    assert [s.start for s in out] == [0.0] and removed == {"repeat": 3}
+    # VAD found speech only in the first two seconds: the later repeats have none under them.
+    out, removed = filter_hallucinations(segments, audio=speech_like(8.0), speech=[(0.0, 2.0)])
+    assert [s.start for s in out] == [0.0] and removed == {"repeat": 3}
+
+
+def test_repeated_real_speech_is_never_dropped_for_repeating() -> None:
+    """A sentence said again and again (a chant, a refrain, a test recording) is real speech: confident,
+    over loud audio, inside VAD speech. Repetition alone removes nothing."""
+    # A window of one sentence said three times compresses like a loop: not evidence on its own.
+    spoken = SegmentSignals(no_speech_prob=0.01, avg_logprob=-0.2, compression_ratio=2.9)
+    segments = [seg("I'm not sure.", i, i + 1) for i in range(8)]
+    out, removed = filter_hallucinations(segments, signals=[spoken] * 8, audio=speech_like(8.0), speech=[(0.0, 8.0)])
+    assert len(out) == 8 and removed == {}
+    # Without any evidence at all (no signals, no audio) nothing is removed either.
+    out, removed = filter_hallucinations(segments)
+    assert len(out) == 8 and removed == {}
 
 
 def test_filler_detection() -> None:
@@ -143,3 +172,29 @@ def test_filler_detection() -> None:
     assert is_filler_text("Transcription by CastingWords")
     assert not is_filler_text("Thank you, Mr. President.")
     assert not is_filler_text("The subtitles were made by hand")
+
+
+def test_streaming_filter_passes_segments_on_as_soon_as_they_are_decided() -> None:
+    """Fed one segment at a time (as ASR decodes), the filter gives exactly the batch result, and a
+    segment waits only while it is a repeat in a run still too short to call a loop."""
+    looped = SegmentSignals(no_speech_prob=0.1, avg_logprob=-1.3, compression_ratio=3.1)
+    spoken = SegmentSignals(no_speech_prob=0.01, avg_logprob=-0.2, compression_ratio=1.3)
+    texts = ["Okay.", "Next item.", "I'm not sure.", "I'm not sure.", "Thank you.", "I'm not sure.", "Hmm."]
+    texts += ["I'm not sure."] * 4 + ["Done.", "No, no, no.", "No, no, no.", "♪"]
+    segments = [seg(t, i, i + 1, confidence=0.3 if t == "Thank you." else 0.9) for i, t in enumerate(texts)]
+    signals = [looped if i in (8, 9) else spoken for i in range(len(segments))]
+    expected = filter_hallucinations(segments, signals=signals)
+
+    stream = HallucinationFilter()
+    decided_at: list[tuple[int, str]] = []
+    for i, (segment, signal) in enumerate(zip(segments, signals, strict=True)):
+        decided_at += [(i, s.text) for s in stream.feed(segment, signal)]
+    decided_at += [(len(segments), s.text) for s in stream.flush()]
+    assert [text for _, text in decided_at] == [s.text for s in expected[0]]
+    assert stream.removed == expected[1] == {"filler": 1, "repeat": 2, "empty": 1}
+    # Every segment that starts a run comes out the moment it is fed; held repeats come out when the
+    # run ends ("I'm not sure." twice, the filler between does not break it) or reaches a loop.
+    assert decided_at[:3] == [(0, "Okay."), (1, "Next item."), (2, "I'm not sure.")]
+    assert (6, "I'm not sure.") in decided_at and (6, "Hmm.") in decided_at
+    assert (10, "I'm not sure.") in decided_at  # the fourth of a run: a loop, decided there
+    assert decided_at[-2:] == [(12, "No, no, no."), (len(segments), "No, no, no.")]

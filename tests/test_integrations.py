@@ -19,7 +19,7 @@ import webvtt
 from httpx_sse import connect_sse
 from prometheus_client.parser import text_string_to_metric_families
 
-from maie.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
+from maie.api.webhook_delivery import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 
 from service import API_KEY, Service, start_service, wait_terminal
 
@@ -92,12 +92,13 @@ def test_sse_progress_until_terminal(service: Service, shared_audio: Path) -> No
     with service.client() as client:
         with (shared_audio / "jfk.flac").open("rb") as f:
             task_id = client.post("/v1/process", files={"file": ("jfk.flac", f)}).json()["task_id"]
-        events = []
+        events, segments = [], []
         with connect_sse(client, "GET", f"/v1/tasks/{task_id}/events") as source:
             for sse in source.iter_sse():
-                assert sse.event == "status"
-                events.append(json.loads(sse.data))
+                assert sse.event in ("status", "segment"), sse.event
+                (events if sse.event == "status" else segments).append(json.loads(sse.data))
     assert events[-1]["status"] == "COMPLETE" and events[-1]["progress"] == 1.0
+    assert "ask not what your country" in " ".join(s["text"] for s in segments).lower()  # live text too
     seen = [e["status"] for e in events]
     assert len(events) >= 2
     assert set(seen) - {"COMPLETE"}, seen  # at least one non-terminal state was streamed

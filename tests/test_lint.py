@@ -14,8 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def ruff() -> str:
     found = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
-    if not Path(found).exists():
-        pytest.skip("ruff not installed (pip install '.[test]')")
+    assert Path(found).exists(), "ruff not installed (pip install '.[test]')"
     return found
 
 

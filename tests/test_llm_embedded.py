@@ -18,6 +18,7 @@ from maie.errors import ErrorCode, MaieError
 from maie.pipeline.context import TaskContext, Transcript
 from maie.pipeline.llm import enhance, get_llm, summarize
 from maie.pipeline.registry import ModelRegistry
+from maie.pipeline.results import build_result
 from maie.schemas import Feature, Segment, TaskOptions, TaskStatus
 from maie.templates import TemplateStore, schema_validator
 
@@ -104,6 +105,7 @@ def test_clean_transcript_is_plain_text(tmp_path: Path, models: ModelRegistry) -
     ctx, _ = make_ctx(tmp_path, models, jfk_segments(), features=(Feature.CLEAN_TRANSCRIPT,))
     result = enhance(ctx)
     assert result.text.strip() and not result.text.lstrip().startswith(("{", "["))
+    assert [w.code for w in ctx.warnings] == (["ENHANCE_UNCHANGED"] if result.unchanged else [])
     with pytest.raises(json.JSONDecodeError):
         json.loads(result.text)
     assert "country" in result.text.lower()
@@ -134,6 +136,14 @@ def test_a_chunk_cut_off_at_the_token_limit_keeps_its_raw_text(tmp_path: Path, m
     raw = " ".join(t for _, _, t, _ in TWO_SPEAKERS)
     assert result.chunks == result.chunks_kept_raw >= 2
     assert result.text == raw and result.edit_rate == 0.0
+    # every chunk kept raw: the task says the "clean" transcript is the raw one
+    [warning] = ctx.warnings
+    assert warning.code == ErrorCode.ENHANCE_UNCHANGED.value and warning.stage == "PROCESSING_LLM"
+    assert f"all {result.chunks} chunks" in warning.message
+    ctx.enhancement = result
+    out = build_result(ctx, processing_time_s=1.0)
+    assert out.results.clean_transcript_unchanged is True
+    assert out.results.clean_transcript == raw
 
 
 @pytest.mark.slow

@@ -9,15 +9,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from llama_cpp import Llama
+from llama_cpp.llama_grammar import json_schema_to_gbnf
 
-llama_cpp = pytest.importorskip("llama_cpp")
-
-from llama_cpp import Llama  # noqa: E402
-from llama_cpp.llama_grammar import json_schema_to_gbnf  # noqa: E402
-
-from maie.pipeline.llm import bundled_gguf_path, schema_to_gbnf  # noqa: E402
-from maie.pipeline.llm.grammar import grammar_accepts, normalize_schema  # noqa: E402
-from maie.templates import TemplateStore  # noqa: E402
+from maie.pipeline.llm import bundled_gguf_path, schema_to_gbnf
+from maie.pipeline.llm.grammar import grammar_accepts, normalize_schema
+from maie.templates import TemplateStore
 
 TEXT_SCHEMA = {
     "type": "object",

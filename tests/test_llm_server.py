@@ -126,6 +126,26 @@ def test_summaries_and_clean_transcript_over_http(tmp_path: Path, server: str) -
 
 
 @pytest.mark.slow
+def test_summaries_over_http_are_grounded(tmp_path: Path, server: str) -> None:
+    """The same grounding as for the embedded model: evidence for every leaf, unsupported ones flagged."""
+    ctx = make_ctx(tmp_path, ModelRegistry(), server, sum_max_tokens=512, sum_temperature=0.0)
+    ctx.options.template_id = "meeting_notes_v2_en"
+    summary = summarize(ctx)
+    assert summary.usage.params["example"] == "full"  # sum_example=auto: the full example for a server
+    grounding = summary.grounding
+    assert grounding is not None and grounding["total"] == len(summary.evidence) > 0
+    assert grounding["unsupported"] == [e["path"] for e in summary.evidence if not e["supported"]]
+    # JFK's eleven seconds hold no meeting: SmolLM2 over HTTP invents notes, and they are flagged
+    assert grounding["ratio"] < 1.0
+    [warning] = [w for w in ctx.warnings if w.code == ErrorCode.SUMMARY_UNGROUNDED.value]
+    assert f"{len(grounding['unsupported'])} of {grounding['total']} summary items" in warning.message
+    for e in summary.evidence:
+        if e["supported"]:  # what is supported points at JFK's words
+            assert e["segments"] and e["start"] is not None
+    assert all(not e["supported"] for e in summary.evidence if e["path"] == "/meeting_date")
+
+
+@pytest.mark.slow
 def test_json_schema_form_falls_back_when_the_server_refuses_it(server: str) -> None:
     # llama-cpp-python's server does not take response_format json_schema (422): the client
     # must retry with json_object + schema and remember that for the next request.

@@ -142,7 +142,8 @@ def test_user_template_lifecycle_is_seen_by_every_store_on_the_data_dir(tmp_path
     api, worker = TemplateStore(tmp_path), TemplateStore(tmp_path)  # two processes, one data dir
     created = api.create("team-notes_1", prompt=PROMPT, schema=SCHEMA, example=EXAMPLE, name="Team notes")
     assert not created.builtin and created.name == "Team notes"
-    assert (tmp_path / "templates" / "team-notes_1" / "schema.json").is_file()
+    # no caller (the in-process CLI): a shared template
+    assert (tmp_path / "templates" / "@shared" / "team-notes_1" / "schema.json").is_file()
     assert worker.get("team-notes_1").schema == SCHEMA
     assert "team-notes_1" in {t.id for t in worker.list()}
 
@@ -158,7 +159,8 @@ def test_user_template_lifecycle_is_seen_by_every_store_on_the_data_dir(tmp_path
     with pytest.raises(MaieError) as exc:
         worker.get("team-notes_1")
     assert exc.value.code == ErrorCode.TEMPLATE_NOT_FOUND
-    assert [p.name for p in (tmp_path / "templates").iterdir()] == []  # no staging leftovers
+    assert [p.name for p in (tmp_path / "templates").iterdir()] == ["@shared"]  # no staging leftovers
+    assert list((tmp_path / "templates" / "@shared").iterdir()) == []
 
 
 def test_invalid_update_keeps_the_old_template(store: TemplateStore) -> None:
@@ -245,3 +247,25 @@ def test_render_gives_variables_and_allowed_filters() -> None:
         language="en",
     )
     assert out == "EN: hi [2]"
+
+
+@pytest.mark.parametrize("template_id", list(BUILTINS))
+def test_the_example_can_be_shown_as_placeholders_or_left_out(tmp_path: Path, template_id: str) -> None:
+    from maie.pipeline.llm.grounding import leaves
+    from maie.templates import placeholder_example
+
+    template = TemplateStore(tmp_path).get(template_id)
+    full = template.render("S1: hi", "en")
+    assert full == template.render("S1: hi", "en", "full")
+    assert json.dumps(template.example, ensure_ascii=False) in full
+    shown = placeholder_example(template.schema)
+    placeholder = template.render("S1: hi", "en", "placeholder")
+    assert json.dumps(shown, ensure_ascii=False) in placeholder
+    assert list(shown) == list(template.schema["properties"])  # the same form, field by field
+    # none of the example's content: every value is a <hint> (enums list their choices)
+    assert [text for _, text in leaves(shown, template.schema) if not text.startswith("<")] == []
+    none = template.render("S1: hi", "en", "none")
+    example = json.dumps(template.example, ensure_ascii=False)
+    heading = full.split(example)[0].rstrip().splitlines()[-1]  # "Example answer (...):"
+    assert example not in none and heading not in none  # the whole paragraph goes, heading included
+    assert "\n\n\n" not in none and "S1: hi" in none

@@ -17,10 +17,10 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable
 from contextlib import aclosing, closing
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import httpx
 
@@ -145,7 +145,7 @@ class SseParser:
 def _status_event(parsed: tuple[str, str] | None) -> dict[str, Any] | None:
     if parsed is None or parsed[0] != "status":
         return None
-    return json.loads(parsed[1])
+    return cast("dict[str, Any] | None", json.loads(parsed[1]))
 
 
 def _env_key() -> str | None:
@@ -201,23 +201,23 @@ class MaieClient:
         finally:
             if opened:
                 handle.close()
-        return response.json()["task_id"]
+        return cast("str", response.json()["task_id"])
 
     def process_text(self, text: str, *, features: Iterable[str] | str | None = None, template_id: str | None = None,
                      callback_url: str | None = None) -> str:  # fmt: skip
         """Run the LLM stages (clean transcript, summary) on text; returns a ``task_id``."""
         body = _text_body(text, features, template_id, callback_url)
-        return self._request("POST", "/v1/process_text", json=body).json()["task_id"]
+        return cast("str", self._request("POST", "/v1/process_text", json=body).json()["task_id"])
 
     # -- task records
 
     def status(self, task_id: str) -> dict[str, Any]:
         """The full task record (status, stage, progress, results, metrics, error...)."""
-        return self._request("GET", f"/v1/status/{task_id}").json()
+        return cast("dict[str, Any]", self._request("GET", f"/v1/status/{task_id}").json())
 
     def tasks(self, limit: int = 20) -> list[dict[str, Any]]:
         """Recent tasks, newest first (summary fields only)."""
-        return self._request("GET", "/v1/tasks", params={"limit": limit}).json()
+        return cast("list[dict[str, Any]]", self._request("GET", "/v1/tasks", params={"limit": limit}).json())
 
     def transcript(self, task_id: str, format: str = "txt") -> str:
         """The transcript of a COMPLETE task as txt, srt, vtt, json or md."""
@@ -226,27 +226,27 @@ class MaieClient:
 
     def delete(self, task_id: str) -> dict[str, Any]:
         """Cancel the task if it is still running; delete its audio and results."""
-        return self._request("DELETE", f"/v1/tasks/{task_id}").json()
+        return cast("dict[str, Any]", self._request("DELETE", f"/v1/tasks/{task_id}").json())
 
     # -- discovery
 
     def templates(self) -> list[dict[str, Any]]:
-        return self._request("GET", "/v1/templates").json()
+        return cast("list[dict[str, Any]]", self._request("GET", "/v1/templates").json())
 
     def template_schema(self, template_id: str) -> dict[str, Any]:
-        return self._request("GET", f"/v1/templates/{template_id}/schema").json()
+        return cast("dict[str, Any]", self._request("GET", f"/v1/templates/{template_id}/schema").json())
 
     def models(self) -> dict[str, Any]:
-        return self._request("GET", "/v1/models").json()
+        return cast("dict[str, Any]", self._request("GET", "/v1/models").json())
 
     def health(self) -> dict[str, Any]:
         """``/health/ready``: the readiness checks (returned, not raised, when the server is not ready)."""
-        return self._http.get("/health/ready").json()
+        return cast("dict[str, Any]", self._http.get("/health/ready").json())
 
     # -- progress
 
     def events(self, task_id: str, *, read_timeout: float = _SSE_READ_TIMEOUT_S,
-               deadline: float | None = None) -> Iterator[dict[str, Any]]:  # fmt: skip
+               deadline: float | None = None) -> Generator[dict[str, Any], None, None]:  # fmt: skip
         """Status events from ``/v1/tasks/{id}/events`` until a terminal state, the stream closing, or
         ``deadline`` (a ``time.monotonic()`` value) passing."""
         timeout = httpx.Timeout(self._http.timeout.connect or 10.0, read=read_timeout)
@@ -334,40 +334,40 @@ class AsyncMaieClient:
         finally:
             if opened:
                 handle.close()
-        return response.json()["task_id"]
+        return cast("str", response.json()["task_id"])
 
     async def process_text(self, text: str, *, features: Iterable[str] | str | None = None,
                            template_id: str | None = None, callback_url: str | None = None) -> str:  # fmt: skip
         body = _text_body(text, features, template_id, callback_url)
-        return (await self._request("POST", "/v1/process_text", json=body)).json()["task_id"]
+        return cast("str", (await self._request("POST", "/v1/process_text", json=body)).json()["task_id"])
 
     async def status(self, task_id: str) -> dict[str, Any]:
-        return (await self._request("GET", f"/v1/status/{task_id}")).json()
+        return cast("dict[str, Any]", (await self._request("GET", f"/v1/status/{task_id}")).json())
 
     async def tasks(self, limit: int = 20) -> list[dict[str, Any]]:
-        return (await self._request("GET", "/v1/tasks", params={"limit": limit})).json()
+        return cast("list[dict[str, Any]]", (await self._request("GET", "/v1/tasks", params={"limit": limit})).json())
 
     async def transcript(self, task_id: str, format: str = "txt") -> str:
         params = {"format": _check_format(format)}
         return (await self._request("GET", f"/v1/tasks/{task_id}/transcript", params=params)).text
 
     async def delete(self, task_id: str) -> dict[str, Any]:
-        return (await self._request("DELETE", f"/v1/tasks/{task_id}")).json()
+        return cast("dict[str, Any]", (await self._request("DELETE", f"/v1/tasks/{task_id}")).json())
 
     async def templates(self) -> list[dict[str, Any]]:
-        return (await self._request("GET", "/v1/templates")).json()
+        return cast("list[dict[str, Any]]", (await self._request("GET", "/v1/templates")).json())
 
     async def template_schema(self, template_id: str) -> dict[str, Any]:
-        return (await self._request("GET", f"/v1/templates/{template_id}/schema")).json()
+        return cast("dict[str, Any]", (await self._request("GET", f"/v1/templates/{template_id}/schema")).json())
 
     async def models(self) -> dict[str, Any]:
-        return (await self._request("GET", "/v1/models")).json()
+        return cast("dict[str, Any]", (await self._request("GET", "/v1/models")).json())
 
     async def health(self) -> dict[str, Any]:
-        return (await self._http.get("/health/ready")).json()
+        return cast("dict[str, Any]", (await self._http.get("/health/ready")).json())
 
     async def events(self, task_id: str, *, read_timeout: float = _SSE_READ_TIMEOUT_S,
-                     deadline: float | None = None) -> AsyncIterator[dict[str, Any]]:  # fmt: skip
+                     deadline: float | None = None) -> AsyncGenerator[dict[str, Any], None]:  # fmt: skip
         """See :meth:`MaieClient.events`."""
         timeout = httpx.Timeout(self._http.timeout.connect or 10.0, read=read_timeout)
         headers = {"Accept": "text/event-stream"}

@@ -28,10 +28,34 @@ _SPACE = re.compile(r"\s+")
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]<>#|])")
 
 
-def render_results(results: dict[str, Any], fmt: str, *, title: str | None = None) -> tuple[str, str]:
-    """``(body, media_type)`` for a task's stored ``results`` (as in the task record)."""
+def render_results(
+    results: dict[str, Any],
+    fmt: str,
+    *,
+    title: str | None = None,
+    speaker_names: dict[str, str] | None = None,
+) -> tuple[str, str]:
+    """``(body, media_type)`` for a task's stored ``results`` (as in the task record); speakers the
+    owner renamed (``{"S1": "Diane"}``) appear under their names in every format.
+
+    A text-only task (``/v1/process_text``) has its text and no segments: its text is exported as
+    one untimed passage per line (txt, json, md); subtitles need times, so srt/vtt are refused."""
+    names = speaker_names or {}
+    segments = [Segment.model_validate(s) for s in results.get("segments", [])]
+    text = results.get("raw_transcript")
+    if not segments and "segments" not in results and text:
+        if fmt.lower().lstrip(".") in ("srt", "vtt"):
+            raise MaieError(
+                ErrorCode.INVALID_FIELD, "a text-only task has no timings for subtitles: use txt, json or md"
+            )
+        segments = [Segment(start=0.0, end=0.0, text=line) for line in str(text).splitlines() if line.strip()]
+    for segment in segments:
+        if segment.speaker in names:
+            segment.speaker = names[segment.speaker]
+            for word in segment.words or []:
+                word.speaker = names.get(word.speaker or "", word.speaker)
     return render_transcript(
-        [Segment.model_validate(s) for s in results.get("segments", [])],
+        segments,
         fmt,
         language=results.get("language"),
         title=title,
@@ -153,7 +177,8 @@ def _json(
     if title:
         data["title"] = title
     data["text"] = " ".join(t for _, _, t in _turns(segments))
-    data["segments"] = [s.model_dump(exclude_none=True) for s in segments if s.text.strip()]
+    timed = any(s.end > 0 for s in segments)  # a text-only task's lines have no times
+    data["segments"] = [s.model_dump(exclude_none=True) for s in segments if s.text.strip()] if timed else []
     if clean_transcript is not None:
         data["clean_transcript"] = clean_transcript
     if summary is not None:
@@ -216,7 +241,8 @@ def _md(
     facts = []
     if language:
         facts.append(f"Language: {language}")
-    if segments:
+    timed = any(s.end > 0 for s in segments)  # a text-only task's lines have no times
+    if timed:
         facts.append(f"Duration: {clock(max(s.end for s in segments))}")
     if facts:
         out += [" · ".join(facts), ""]
@@ -230,5 +256,24 @@ def _md(
     out += ["## Transcript", ""]
     for start, speaker, text in _turns(segments):
         label = f"{speaker}: " if speaker else ""
-        out += [f"**[{clock(start)}]** {_md_escape(label + text)}", ""]
+        stamp = f"**[{clock(start)}]** " if timed else ""
+        out += [f"{stamp}{_md_escape(label + text)}", ""]
     return "\n".join(out).rstrip("\n") + "\n"
+
+
+FORMATS_WITH_LLM_OUTPUT = ("json", "md")
+"""Export formats that already carry the clean transcript and summary."""
+
+
+def llm_sections(results: dict[str, Any], *, title: str | None = None, warnings: Sequence[str] = ()) -> str:
+    """The clean transcript and summary as plain text blocks ("" when neither was produced). With the
+    ``ENHANCE_UNCHANGED`` warning code the text is not called clean: it is the raw transcript."""
+    out = []
+    head = f" · {title}" if title else ""
+    if results.get("clean_transcript"):
+        name = "Transcript text (clean-up changed nothing)" if "ENHANCE_UNCHANGED" in warnings else "Clean transcript"
+        out.append(f"== {name}{head} ==\n{results['clean_transcript'].strip()}\n")
+    if results.get("summary") is not None:
+        summary = json.dumps(results["summary"], ensure_ascii=False, indent=2)
+        out.append(f"== Summary{head} ({results.get('template_id', '')}) ==\n{summary}\n")
+    return "\n".join(out) and "\n" + "\n".join(out)

@@ -8,23 +8,24 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import redis.asyncio as redis_async
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from maie import __version__
 from maie.api.auth import configured_keys
 from maie.api.errors import install_error_handlers
+from maie.api.events import EventHub
 from maie.api.metrics import install_metrics
 from maie.api.ratelimit import RateLimiter
 from maie.api.routers import health, models, openai, process, tasks, templates
+from maie.api.webhook_delivery import run_deliverer
 from maie.config import Settings, get_settings
 from maie.jobs import maintenance
-from maie.jobs.queue import connect, get_queue
+from maie.jobs.queue import connect, connect_async, get_queue
 from maie.jobs.store import TaskStore
 from maie.logs import CorrelationMiddleware
+from maie.pipeline import availability
 from maie.templates import TemplateStore
-from maie.webhooks import run_deliverer
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +35,18 @@ WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
+    availability.warm(settings)  # the optional-extra import checks, off the request path
     stop = asyncio.Event()
     background = [
         asyncio.create_task(run_deliverer(app.state.store, settings, stop)),
+        asyncio.create_task(app.state.events.run(stop)),
         asyncio.create_task(maintenance.run_forever(app.state.store, app.state.queue, settings, stop)),
     ]
     try:
         yield
     finally:
         stop.set()
+        availability.shutdown()
         await asyncio.gather(*background)
         await app.state.redis_async.aclose()
         app.state.redis.close()
@@ -61,7 +65,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.api_keys = configured_keys(settings)
     app.state.redis = connect(settings.redis_url)
-    app.state.redis_async = redis_async.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+    app.state.redis_async = connect_async(settings.redis_url)
+    app.state.events = EventHub(settings.redis_url)
     app.state.store = TaskStore(app.state.redis)
     app.state.queue = get_queue(app.state.redis)
     app.state.templates = TemplateStore.from_settings(settings)

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from fastapi import APIRouter, FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -22,13 +23,16 @@ router = APIRouter(tags=["metrics"])
 
 
 class ServiceCollector(Collector):
-    """Read at scrape time, so every API replica reports the same cluster-wide figures."""
+    """Read at scrape time, so every API replica reports the same cluster-wide figures (and its own
+    open SSE streams)."""
 
     def __init__(self, app: FastAPI) -> None:
         self.app = app
 
-    def collect(self) -> Iterator[object]:
+    def collect(self) -> Iterator[Metric]:
         state = self.app.state
+        # This process's own figure (not cluster-wide): an open stream holds one subscription here.
+        yield GaugeMetricFamily("maie_sse_streams", "SSE streams open on this API process.", value=state.events.streams)
         try:
             depth = jobs.depth(state.queue)
             active: dict[str, int] = {}

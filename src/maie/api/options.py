@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import json
+
 from pydantic import ValidationError
 
 from maie.config import Settings
@@ -21,11 +24,24 @@ def _bad(field: str, message: str) -> MaieError:
     return MaieError(ErrorCode.INVALID_FIELD, f"{field}: {message}")
 
 
+def _feature_names(value: str) -> list[str]:
+    """A comma list, or (as the original MAIE accepted) a JSON array of names."""
+    if value.strip().startswith("["):
+        try:
+            names = json.loads(value)
+        except ValueError:
+            raise _bad("features", "not a valid JSON array") from None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise _bad("features", "a JSON array must hold feature names (strings)")
+        return [n.strip() for n in names]
+    return [v.strip() for v in value.split(",")]
+
+
 def parse_features(values: list[str]) -> list[Feature]:
-    """Repeatable field or comma list; order kept, duplicates dropped."""
+    """Repeatable field, comma list or JSON array string; order kept, duplicates dropped."""
     out: list[Feature] = []
     for value in values:
-        for name in (v.strip() for v in value.split(",")):
+        for name in _feature_names(value):
             if not name:
                 continue
             try:
@@ -73,9 +89,9 @@ def parse_options(fields: dict[str, list[str]], settings: Settings) -> TaskOptio
         if value is not None:
             data[name] = value
     for name in _BOOL_FIELDS:
-        value = _bool(name, _one(fields, name))
-        if value is not None:
-            data[name] = value
+        flag = _bool(name, _one(fields, name))
+        if flag is not None:
+            data[name] = flag
     return check_options(build_options(data), settings)
 
 
@@ -95,12 +111,55 @@ def check_options(options: TaskOptions, settings: Settings) -> TaskOptions:
         raise _bad("asr_backend", f"expected one of {', '.join(ASR_BACKENDS)}")
     if options.min_speakers and options.max_speakers and options.min_speakers > options.max_speakers:
         raise _bad("min_speakers", "greater than max_speakers")
-    if options.language is not None and not (2 <= len(options.language) <= 8 and options.language.isalpha()):
-        raise _bad("language", "expected a language code such as en or vi")
+    if options.language is not None:
+        options.language = options.language.lower()
+        if options.language not in language_codes():
+            raise _bad("language", f"unknown language code {options.language[:20]!r} (expected e.g. en or vi)")
+    check_runnable(options, settings)
     if Feature.SUMMARY in options.features and options.template_id is None:
         options.template_id = settings.default_template_id
     if options.callback_url is not None:
-        from maie.webhooks import check_callback_url
+        from maie.api.webhook_targets import check_callback_url
 
         check_callback_url(options.callback_url, settings)
     return options
+
+
+def check_runnable(options: TaskOptions, settings: Settings) -> None:
+    """Refuse, before any work, what this installation cannot do (see ``maie.pipeline.availability``)."""
+    from maie.pipeline import availability
+
+    backend = options.asr_backend or settings.asr.default_backend
+    if options.text is None:
+        found = availability.backend_available(backend, settings)
+        if not found.available:
+            raise MaieError(ErrorCode.BACKEND_UNAVAILABLE, f"asr_backend {backend}: {found.reason}")
+    if options.enable_diarization:
+        found = availability.diarization_available(settings)
+        if not found.available:
+            raise MaieError(ErrorCode.FEATURE_UNAVAILABLE, f"enable_diarization: {found.reason}")
+    if options.task == "translate":
+        if backend != "whisper":
+            raise MaieError(ErrorCode.TRANSLATION_UNSUPPORTED, "translation needs the whisper backend")
+        if availability.whisper_english_only(settings):
+            raise MaieError(
+                ErrorCode.TRANSLATION_UNSUPPORTED,
+                f"the Whisper model {availability.whisper_model_name(settings)} is English-only and cannot "
+                "translate; set MAIE_ASR__WHISPER_MODEL to a multilingual model (e.g. small) to enable translations",
+            )
+    language = (options.language or "").lower()
+    if backend == "whisper" and language and language != "en" and availability.whisper_english_only(settings):
+        model = availability.whisper_model_name(settings)
+        raise MaieError(
+            ErrorCode.LANGUAGE_UNSUPPORTED,
+            f"language {options.language!r}: the ASR model {model} knows only English; set MAIE_ASR__WHISPER_MODEL "
+            "to a multilingual Whisper model (e.g. small or large-v3) to transcribe other languages",
+        )
+
+
+@functools.cache
+def language_codes() -> frozenset[str]:
+    """The languages Whisper knows (chunkformer's Vietnamese is among them)."""
+    from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+    return frozenset(_LANGUAGE_CODES)

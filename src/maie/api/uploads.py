@@ -1,10 +1,12 @@
-"""Streaming multipart upload: the file part goes straight to ``<dest_dir>/source.<ext>`` as it arrives.
+"""Streaming multipart upload: the file part goes straight to storage as it arrives.
 
 The body is fed chunk by chunk to python-multipart's push parser; the framework never spools it. Each
-uploaded byte is written to disk once: ``os.pwrite`` on a raw fd, from a few shared writer threads so the
-event loop only parses (received chunks are written in place, small ones gathered to >= 64 KiB). Memory
-stays flat whatever the size (at most 2 MiB per upload waits for the writers), and the container is
-recognised from the first bytes, so a non-audio upload is refused (415) before the rest is read.
+uploaded byte is handed once to an upload sink (``maie.storage``): by default ``<dest_dir>/source.<ext>``
+written with ``os.pwrite`` from a few shared writer threads, or whatever ``open_sink`` returns (an S3
+multipart upload). The event loop only parses (received chunks are passed on in place, small ones
+gathered to >= 64 KiB); reading pauses while the sink is busy, so memory stays flat whatever the size,
+and the container is recognised from the first bytes, so a non-audio upload is refused (415) before
+anything is stored.
 
 Contract for callers (the ``/v1/process`` router):
 
@@ -13,10 +15,11 @@ Contract for callers (the ``/v1/process`` router):
 * ``before_file(fields)`` is awaited exactly once per successful parse. When text fields precede the
   file part it runs as soon as the file part's headers are complete, with the fields seen so far, so a
   bad option is refused before any file byte is read or stored. When the file part comes first (or there
-  is none) it runs after the whole body, with all fields. Clients should send fields before the file.
-  Fields sent after the file are only in the returned ``ParsedForm``: validate the complete form there.
-* On any exception (refusal, malformed body, client disconnect, cancellation) the stored file and
-  ``dest_dir`` (if this call created it) are removed before the exception propagates.
+  is none) it runs after the whole body, with all fields. When fields arrive after the file part too,
+  it runs once more when the body ends, with the whole form: every field counts, in any order, and a
+  refusal then removes the stored file like any other refusal.
+* On any exception (refusal, malformed body, client disconnect, cancellation) the sink is aborted (the
+  stored file and ``dest_dir``, if this call created it, are removed) before the exception propagates.
 * A wrong request Content-Type is ``INVALID_MULTIPART`` (400), not 415: the contract keeps 415 for "the
   file is not audio", so a client can tell "fix your request" from "this file cannot be processed".
 * Size refusals (413) carry ``Connection: close``: the server stops reading instead of draining an
@@ -27,32 +30,30 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import errno
-import os
-import shutil
 import unicodedata
-from collections import deque
-from collections.abc import Awaitable, Callable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
 from maie.api.sniff import SNIFF_BYTES, head_bytes_wanted, sniff_container
+from maie.config import Settings
 from maie.errors import ErrorCode, MaieError
+from maie.storage import StoredRef, UploadSink
+from maie.storage.file import FileSink
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
 
 WRITE_BYTES = 64 * 1024
 """Small reads are gathered into writes of at least this size; larger reads are written as they come."""
 FIELD_SLACK_BYTES = 1024 * 1024
 """Body bytes allowed on top of the file limit for text fields and multipart framing."""
-MAX_IN_FLIGHT_BYTES = 2 * 1024 * 1024
-"""Received bytes handed to the writer threads but not yet written; beyond this, reading pauses."""
-WRITE_THREADS = 4
-"""Threads shared by all uploads for disk writes."""
 MAX_FIELD_BYTES = 64 * 1024
 """Largest text field value."""
 MAX_FIELDS = 100
@@ -63,13 +64,16 @@ MAX_NAME_CHARS = 255
 """Longest kept client file name or part content type."""
 
 BeforeFile = Callable[[dict[str, list[str]]], Awaitable[None]]
+OpenSink = Callable[[str], UploadSink]
+"""Called with the sniffed container (the extension) once the file is known to be audio."""
 
 
 @dataclass
 class StoredFile:
-    """The uploaded file as stored: ``path`` is ``<dest_dir>/source.<container>``."""
+    """The uploaded file as stored: ``ref`` for the task record; ``path`` when it is a local file."""
 
-    path: Path
+    ref: StoredRef
+    path: Path | None
     size: int
     container: str
     filename: str | None
@@ -134,20 +138,6 @@ def _decode_header_text(raw: bytes) -> str:
         return raw.decode("latin-1")
 
 
-def _pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
-    view = memoryview(data)
-    try:
-        while view:
-            written = os.pwrite(fd, view, offset)
-            view = view[written:]
-            offset += written
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise MaieError(ErrorCode.INSUFFICIENT_STORAGE, "the server is out of disk space") from exc
-        raise
-
-
-_executor: ThreadPoolExecutor | None = None
 _allocator_tuned = False
 
 # glibc mallopt parameters
@@ -174,57 +164,6 @@ def tune_allocator() -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     return bool(mallopt(_M_MMAP_THRESHOLD, 1024 * 1024)) and bool(mallopt(_M_TRIM_THRESHOLD, 8 * 1024 * 1024))
-
-
-def _write_executor() -> ThreadPoolExecutor:
-    global _executor
-    if _executor is None:
-        _executor = ThreadPoolExecutor(max_workers=WRITE_THREADS, thread_name_prefix="maie-upload-write")
-    return _executor
-
-
-class _FileWriter:
-    """Writes one file from a few threads at explicit offsets, so the event loop only parses.
-
-    Disk writes off the loop overlap with reading the socket and cannot stall other requests; each
-    byte is still written once. Buffers handed to ``submit`` must not change afterwards.
-    """
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.offset = 0
-        self.in_flight = 0
-        self.pending: deque[tuple[Future[None], int]] = deque()
-        self.executor = _write_executor()
-
-    def submit(self, data: bytes | bytearray | memoryview) -> None:
-        size = len(data)
-        self.pending.append((self.executor.submit(_pwrite_all, self.fd, data, self.offset), size))
-        self.offset += size
-        self.in_flight += size
-        pending = self.pending
-        while pending and pending[0][0].done():
-            self._reap()
-
-    def _reap(self) -> None:
-        future, size = self.pending.popleft()
-        self.in_flight -= size
-        future.result()  # a failed write raises here
-
-    async def drain(self, limit: int) -> None:
-        """Wait until at most ``limit`` bytes are still being written."""
-        while self.in_flight > limit:
-            await asyncio.wrap_future(self.pending[0][0])
-            self._reap()
-
-    def abort(self) -> None:
-        """Drop queued writes and wait for running ones, so the fd can be closed safely."""
-        futures = [future for future, _ in self.pending]
-        for future in futures:
-            future.cancel()
-        wait(futures)
-        self.pending.clear()
-        self.in_flight = 0
 
 
 def _multipart_boundary(request: Request) -> bytes:
@@ -265,12 +204,13 @@ def _first_delimiter(buf: bytearray, delimiter: bytes, pos: int) -> tuple[bytes 
 class _FormReader:
     """Parser callbacks and state for one request. Sync callbacks set ``pending`` for async work."""
 
-    def __init__(self, boundary: bytes, dest_dir: Path, max_file_bytes: int, file_field: str) -> None:
-        self.dest_dir = dest_dir
+    def __init__(self, boundary: bytes, open_sink: OpenSink, max_file_bytes: int, file_field: str) -> None:
+        self.open_sink = open_sink
         self.max_file_bytes = max_file_bytes
         self.file_field = file_field
         self.fields: dict[str, list[str]] = {}
         self.field_count = 0
+        self.fields_at_check = 0  # fields seen when before_file ran at the file headers
         self.ended = False
         self.pending = False
         # current part
@@ -288,10 +228,8 @@ class _FormReader:
         self.head: bytearray | None = None  # gathered until the container is sniffed
         self.head_target = SNIFF_BYTES
         self.container: str | None = None
-        self.path: Path | None = None
-        self.created_dir = False
-        self.fd = -1
-        self.writer: _FileWriter | None = None
+        self.writer: UploadSink | None = None
+        self.ref: StoredRef | None = None
         self.buf = bytearray()
         self.file_bytes = 0
         self.closing = False  # the file part is complete; close once the writes are done
@@ -333,7 +271,7 @@ class _FormReader:
         if disposition != b"form-data" or name_raw is None:
             raise MaieError(ErrorCode.INVALID_MULTIPART, 'every part needs "Content-Disposition: form-data; name=..."')
         name = _decode_header_text(name_raw)
-        callbacks = self.parser.callbacks
+        callbacks = cast("MultipartCallbacks", self.parser.callbacks)  # typed as any parser's callbacks
         if name == self.file_field or b"filename" in params:
             if name != self.file_field:
                 raise MaieError(
@@ -400,11 +338,11 @@ class _FormReader:
             writer.submit(memoryview(data)[start:end])
         else:
             writer.submit(bytes(data[start:end]))
-        if writer.in_flight > MAX_IN_FLIGHT_BYTES:
+        if writer.busy:
             self.pending = True
 
     def _on_part_end(self) -> None:
-        callbacks = self.parser.callbacks
+        callbacks = cast("MultipartCallbacks", self.parser.callbacks)  # typed as any parser's callbacks
         if callbacks["on_part_data"] == self._on_field_data:
             try:
                 value = self.field_value.decode("utf-8")
@@ -434,7 +372,7 @@ class _FormReader:
         return len(head) >= self.head_target
 
     def store_head(self) -> None:
-        """Sniff the head, then create ``dest_dir`` and the file and switch to direct writes."""
+        """Sniff the head, then open the sink and switch to direct writes."""
         head = self.head
         assert head is not None
         if self.file_ended and not head:  # an empty file part (a form sent with no file chosen)
@@ -447,12 +385,7 @@ class _FormReader:
                 "the uploaded file is not a recognised audio or video container",
             )
         self.container = container
-        if not self.dest_dir.exists():
-            self.dest_dir.mkdir(parents=True)
-            self.created_dir = True
-        self.path = self.dest_dir / f"source.{container}"
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        self.writer = _FileWriter(self.fd)
+        self.writer = self.open_sink(container)
         self.head = None
         if len(head) >= WRITE_BYTES:
             self.writer.submit(head)
@@ -461,7 +394,7 @@ class _FormReader:
         if self.file_ended:
             self.finish_file()
         else:
-            self.parser.callbacks["on_part_data"] = self._on_file_data
+            cast("MultipartCallbacks", self.parser.callbacks)["on_part_data"] = self._on_file_data
 
     def finish_file(self) -> None:
         """The file part is complete: hand over the last bytes; ``close_file`` follows between chunks."""
@@ -474,34 +407,27 @@ class _FormReader:
 
     async def close_file(self) -> None:
         assert self.writer is not None
-        await self.writer.drain(0)
-        os.close(self.fd)
-        self.fd = -1
+        self.ref = await self.writer.commit()
         self.closing = False
 
     def discard(self) -> None:
         """Remove whatever this request stored. Synchronous, so cancellation cannot interrupt it."""
         if self.writer is not None:
             self.writer.abort()
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-        if self.path is not None:
-            self.path.unlink(missing_ok=True)
-        if self.created_dir:
-            shutil.rmtree(self.dest_dir, ignore_errors=True)
 
 
 async def receive_form(
     request: Request,
     *,
-    dest_dir: Path,
+    dest_dir: Path | None = None,
     max_file_bytes: int,
     before_file: BeforeFile | None = None,
     file_field: str = "file",
     require_file: bool = True,
+    open_sink: OpenSink | None = None,
 ) -> ParsedForm:
-    """Read a multipart/form-data body from ``request.stream()``, storing the file part as it arrives.
+    """Read a multipart/form-data body from ``request.stream()``, storing the file part as it arrives:
+    into ``open_sink(container)``, or else ``<dest_dir>/source.<container>``.
 
     Raises ``MaieError``: INVALID_MULTIPART (wrong Content-Type, no boundary, malformed body, a second or
     unexpected file part), MISSING_FILE, INVALID_FIELD (a field over 64 KiB, over 100 fields, not
@@ -513,7 +439,11 @@ async def receive_form(
     boundary = _multipart_boundary(request)
     tune_allocator()
     delimiter = b"--" + boundary
-    reader = _FormReader(boundary, dest_dir, max_file_bytes, file_field)
+    if open_sink is None:
+        if dest_dir is None:
+            raise TypeError("receive_form needs dest_dir or open_sink")
+        open_sink = lambda ext: FileSink(dest_dir, ext)  # noqa: E731
+    reader = _FormReader(boundary, open_sink, max_file_bytes, file_field)
     write = reader.parser.write
     body_limit = max_file_bytes + FIELD_SLACK_BYTES
     received = 0
@@ -521,7 +451,7 @@ async def receive_form(
     try:
         try:
             async with aclosing(request.stream()) as stream:
-                chunks = aiter(stream)
+                chunks = _idle_bounded(stream, _idle_timeout_s(request))
                 preamble = bytearray()
                 scan = 0
                 async for chunk in chunks:
@@ -551,25 +481,48 @@ async def receive_form(
             reader.store_head()
         if reader.closing:
             await reader.close_file()
-        if reader.path is None and require_file:
+        if reader.ref is None and require_file:
             raise MaieError(ErrorCode.MISSING_FILE, f"no {file_field!r} file part in the form")
-        if not before_file_done:
-            assert before_file is not None
+        if before_file is not None and (not before_file_done or reader.field_count > reader.fields_at_check):
+            # Not run yet, or fields came after the file: the complete form is checked now.
             await before_file(_copy_fields(reader.fields))
     except BaseException:
         reader.discard()
         raise
     stored = None
-    if reader.path is not None:
+    if reader.ref is not None:
         assert reader.container is not None
         stored = StoredFile(
-            path=reader.path,
+            ref=reader.ref,
+            path=reader.writer.path if isinstance(reader.writer, FileSink) else None,
             size=reader.file_bytes,
             container=reader.container,
             filename=reader.filename,
             content_type=reader.content_type,
         )
     return ParsedForm(fields=reader.fields, file=stored)
+
+
+def _idle_timeout_s(request: Request) -> float:
+    """The app's MAIE_UPLOAD_IDLE_TIMEOUT_S; its default for an app without MAIE settings (bench/upload.py)."""
+    settings = getattr(request.app.state, "settings", None)
+    timeout = settings.upload_idle_timeout_s if settings else Settings.model_fields["upload_idle_timeout_s"].default
+    return cast("float", timeout)
+
+
+async def _idle_bounded(stream: AsyncIterator[bytes], idle_s: float) -> AsyncIterator[bytes]:
+    """``stream``'s chunks, or ``UPLOAD_TIMEOUT`` when none arrives for ``idle_s`` seconds: a client that
+    stops sending mid-upload is dropped (and, by ``receive_form``'s contract, its file removed)."""
+    while True:
+        try:
+            async with asyncio.timeout(idle_s):
+                chunk = await anext(stream)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            message = f"no upload data for {idle_s:g} s; the upload was dropped"
+            raise MaieError(ErrorCode.UPLOAD_TIMEOUT, message, headers={"Connection": "close"}) from None
+        yield chunk
 
 
 def _copy_fields(fields: dict[str, list[str]]) -> dict[str, list[str]]:
@@ -581,12 +534,13 @@ async def _settle(reader: _FormReader, before_file: BeforeFile | None, before_fi
     reader.pending = False
     if not before_file_done and reader.file_headers_done and reader.fields_before_file:
         assert before_file is not None
+        reader.fields_at_check = reader.field_count
         await before_file(_copy_fields(reader.fields))
         before_file_done = True
     if reader.head_ready():
         reader.store_head()
     if reader.closing:
         await reader.close_file()
-    elif reader.writer is not None and reader.writer.in_flight > MAX_IN_FLIGHT_BYTES:
-        await reader.writer.drain(MAX_IN_FLIGHT_BYTES // 2)
+    elif reader.writer is not None and reader.writer.busy:
+        await reader.writer.drain()
     return before_file_done

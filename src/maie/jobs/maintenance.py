@@ -2,8 +2,9 @@
 
 - recovery: a running task whose worker lease expired is requeued, or ends FAILED ``WORKER_LOST``
   after ``job_max_attempts``; a PENDING task whose job vanished is queued again;
-- retention: audio and results of tasks older than ``retention_hours`` are deleted, and so are
-  upload folders that never became a task.
+- retention: audio and results of tasks that finished more than ``retention_hours`` ago are
+  deleted (counted from the end, so a long job's result is never deleted the moment it is ready),
+  and so are upload folders that never became a task.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 
@@ -22,10 +22,11 @@ from rq.job import Job
 from maie.config import Settings
 from maie.errors import ErrorCode
 from maie.jobs import queue as jobs
-from maie.jobs.store import ACTIVE_SET, PREFIX, TaskStore
+from maie.jobs.outbox import notify_if_wanted
+from maie.jobs.store import ACTIVE_SET, PREFIX, TaskCorrupt, TaskStore, task_key
 from maie.jobs.tasks import remove_task_files
 from maie.schemas import TaskError, TaskStatus
-from maie.webhooks import notify_if_wanted
+from maie.storage import storage_for
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,13 @@ def _job_alive(queue: Queue, task_id: str) -> bool:
 def recover(store: TaskStore, queue: Queue, settings: Settings, report: Report) -> None:
     grace_s = settings.worker_heartbeat_s * 3
     for task_id in store.active_ids():
-        record = store.get(task_id)
+        try:
+            record = store.get(task_id)
+        except TaskCorrupt:
+            # Unreadable: nothing can run it. Out of the active set; retention removes it later.
+            log.error("task %s has an unreadable record; not recovered", task_id)
+            store.redis.srem(ACTIVE_SET, task_id)
+            continue
         if record is None or record.status.terminal:
             store.redis.srem(ACTIVE_SET, task_id)
             continue
@@ -67,7 +74,7 @@ def recover(store: TaskStore, queue: Queue, settings: Settings, report: Report) 
             continue
         if record.status == TaskStatus.PENDING and record.attempts == 0:
             # Accepted but its job is gone (e.g. Redis lost the queue entry): queue it again.
-            jobs.enqueue(queue, task_id, timeout_s=jobs.job_timeout_s(settings, None))
+            jobs.enqueue(queue, task_id, budget_s=jobs.job_budget_s(settings, None))
             report.requeued += 1
             continue
         if record.attempts >= settings.job_max_attempts:
@@ -78,8 +85,8 @@ def recover(store: TaskStore, queue: Queue, settings: Settings, report: Report) 
             log.warning("task %s failed: worker lost %d times", task_id, record.attempts)
         else:
             store.update(task_id, status=TaskStatus.PENDING.value, stage=TaskStatus.PENDING.value, progress=0.0)
-            duration = (record.metrics or {}).get("declared_duration_s")
-            jobs.enqueue(queue, task_id, timeout_s=jobs.job_timeout_s(settings, duration), at_front=True)
+            duration = record.metrics.declared_duration_s if record.metrics else None
+            jobs.enqueue(queue, task_id, budget_s=jobs.job_budget_s(settings, duration), at_front=True)
             report.requeued += 1
             log.warning("task %s requeued: its worker was lost in %s", task_id, record.stage)
 
@@ -87,19 +94,23 @@ def recover(store: TaskStore, queue: Queue, settings: Settings, report: Report) 
 def purge(store: TaskStore, settings: Settings, report: Report) -> None:
     cutoff = time.time() - settings.retention_hours * 3600
     for task_id in store.ids_older_than(cutoff):
-        status = store.status(task_id)
+        try:
+            status = store.status(task_id)
+        except TaskCorrupt:
+            status = None  # an unreadable record cannot be running: it goes like a finished one
         if status is not None and not status.terminal:
+            continue
+        completed = store.completed_epoch(task_id) if status is not None else None
+        if completed is not None and completed > cutoff:
             continue
         remove_task_files(settings, task_id)
         store.delete(task_id)
         report.purged += 1
-    audio_dir = settings.audio_dir
-    if audio_dir.exists():
-        for d in audio_dir.iterdir():
-            old = time.time() - d.stat().st_mtime > min(ORPHAN_UPLOAD_AGE_S, settings.retention_hours * 3600)
-            if old and store.status(d.name) is None:
-                shutil.rmtree(d, ignore_errors=True)
-                report.orphans += 1
+    max_age_s = min(ORPHAN_UPLOAD_AGE_S, settings.retention_hours * 3600)
+    # Whether a record exists, readable or not (store.status would raise on a corrupt one).
+    report.orphans += storage_for(settings).purge_orphans(
+        max_age_s, lambda task_id: bool(store.redis.exists(task_key(task_id)))
+    )
 
 
 def run_once(store: TaskStore, queue: Queue, settings: Settings) -> Report | None:

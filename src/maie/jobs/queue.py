@@ -2,57 +2,120 @@
 
 from __future__ import annotations
 
+import math
+from typing import cast
+
 import redis
+import redis.asyncio as redis_async
 from rq import Queue
 from rq.job import Job
 from rq.registry import StartedJobRegistry
 
 from maie.config import Settings
-from maie.jobs.store import task_key
+from maie.jobs.store import TaskStore, task_key
 
 QUEUE_NAME = "maie"
+PRIORITY_QUEUE_NAME = "maie-fast"
+"""The fast lane: synchronous (OpenAI) requests and short files. Workers listen on it first, so such a
+job waits at most for the job already running, never for the backlog in ``QUEUE_NAME``."""
 JOB_FUNC = "maie.jobs.tasks.process_task"
 
 
-def connect(url: str) -> redis.Redis:
+SYNC_POOL_SIZE = 64
+"""Connections of one process's blocking client (``connect``): the task store, RQ and maintenance all
+share it. In the API every user is a thread: FastAPI's sync routes run on anyio's 40-thread limiter and
+``asyncio.to_thread`` on the default executor (at most 32 threads), so 64 is never the reason a request
+waits (at most 72 threads could ask at once, and each holds a connection only for one command). A
+worker process uses one or two. It is a blocking pool: past the cap a caller waits up to
+``POOL_WAIT_S`` instead of failing."""
+ASYNC_POOL_SIZE = 8
+"""Connections of the API's asyncio client (``connect_async``): only ``/health/ready`` pings with it
+(SSE uses ``maie.api.events``' single subscription, never this pool), and a ping holds a connection for
+well under a millisecond, so 8 serve any readiness probe rate; a burst past 8 waits, it does not fail."""
+LIMITS_POOL_SIZE = 16
+"""Connections of the rate limiter's client (``maie.api.ratelimit``): two commands per submission, from
+sync route threads; 16 keeps submissions from queueing on it at any rate the upload path can sustain. A
+blocking pool too: a larger burst waits for a connection, it is not refused."""
+EVENTS_CONNECTIONS = 1
+"""Redis connections SSE uses per API process, whatever the number of streams: ``maie.api.events``
+holds one PSUBSCRIBE connection and fans events out in memory."""
+POOL_WAIT_S = 5.0
+"""How long a caller waits for a free pooled connection before it fails (then the API answers 503)."""
+
+
+def connect(url: str, max_connections: int = SYNC_POOL_SIZE) -> redis.Redis:
     # Short timeouts: the API must answer 503 quickly while Redis is away, not hang.
-    return redis.Redis.from_url(
-        url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=30, retry_on_timeout=True
+    pool = redis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=POOL_WAIT_S,
+        socket_connect_timeout=2,
+        socket_timeout=10,
+        health_check_interval=30,
+        retry_on_timeout=True,
     )
+    return redis.Redis(connection_pool=pool)
+
+
+def connect_async(url: str) -> redis_async.Redis:
+    pool = redis_async.BlockingConnectionPool.from_url(
+        url, max_connections=ASYNC_POOL_SIZE, timeout=POOL_WAIT_S, socket_connect_timeout=2
+    )
+    return redis_async.Redis(connection_pool=pool)
 
 
 def get_queue(client: redis.Redis) -> Queue:
     return Queue(QUEUE_NAME, connection=client)
 
 
-def job_timeout_s(settings: Settings, audio_seconds: float | None) -> int:
-    """Time budget for one job: a fixed part plus a part per second of audio."""
+def worker_queues(client: redis.Redis) -> list[Queue]:
+    """In the order RQ workers take jobs: the fast lane first."""
+    return [Queue(PRIORITY_QUEUE_NAME, connection=client), get_queue(client)]
+
+
+HARD_TIMEOUT_MARGIN_S = 60
+"""How far past a job's budget RQ's own alarm is set. The worker enforces the budget itself (and
+keeps the transcript when an optional stage runs out); RQ's alarm is only the safety net for a call
+that never returns, so it must never fire first."""
+
+
+def job_budget_s(settings: Settings, audio_seconds: float | None) -> float:
+    """The one definition of a job's time budget: a fixed part plus a part per second of audio
+    (the longest allowed audio when the duration is not known)."""
     seconds = audio_seconds if audio_seconds is not None else settings.max_audio_minutes * 60
-    return int(settings.job_timeout_base_s + settings.job_timeout_per_audio_s * seconds)
+    return settings.job_timeout_base_s + settings.job_timeout_per_audio_s * seconds
 
 
-def enqueue(queue: Queue, task_id: str, *, timeout_s: int, at_front: bool = False) -> Job:
+def hard_timeout_s(budget_s: float) -> int:
+    """RQ's ``job_timeout`` for a job with this budget: rounded up, plus the margin."""
+    return math.ceil(budget_s) + HARD_TIMEOUT_MARGIN_S
+
+
+def enqueue(queue: Queue, task_id: str, *, budget_s: float, at_front: bool = False, priority: bool = False) -> Job:
     """A fresh RQ job per attempt (its id is stored on the task), so a requeued task never collides with
-    what RQ still remembers about a lost attempt."""
+    what RQ still remembers about a lost attempt. ``priority``: into the fast lane."""
+    if priority:
+        queue = Queue(PRIORITY_QUEUE_NAME, connection=queue.connection)
     job = queue.enqueue(
         JOB_FUNC,
         task_id,
-        job_timeout=timeout_s,
+        job_timeout=hard_timeout_s(budget_s),
         result_ttl=3600,
         failure_ttl=24 * 3600,
         at_front=at_front,
     )
-    queue.connection.hset(task_key(task_id), "job_id", job.id)
+    # Only on an existing record: a task deleted meanwhile must not come back as a half record.
+    TaskStore(queue.connection).set_job_id(task_id, job.id)
     return job
 
 
 def depth(queue: Queue) -> int:
-    """Jobs waiting plus jobs running: what a new upload queues behind."""
-    return queue.count + StartedJobRegistry(queue=queue).count
+    """Jobs waiting plus jobs running (both lanes): what a new upload queues behind."""
+    return sum(q.count + StartedJobRegistry(queue=q).count for q in worker_queues(queue.connection))
 
 
 def job_id(queue: Queue, task_id: str) -> str | None:
-    raw = queue.connection.hget(task_key(task_id), "job_id")
+    raw = cast("bytes | None", queue.connection.hget(task_key(task_id), "job_id"))
     return raw.decode() if raw else None
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import redis
 
 from maie.jobs.store import PREFIX
@@ -28,9 +30,9 @@ def record_task(client: redis.Redis, status: str, stage_seconds: dict[str, float
 
 
 def read_stats(client: redis.Redis) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    totals = {k.decode(): float(v) for k, v in client.hgetall(STATS_KEY).items()}
+    totals = {k.decode(): float(v) for k, v in cast(dict[bytes, bytes], client.hgetall(STATS_KEY)).items()}
     stages: dict[str, dict[str, float]] = {}
     for key in client.scan_iter(match=STAGE_KEY + "*", count=100):
-        stage = key.decode().removeprefix(STAGE_KEY)
-        stages[stage] = {k.decode(): float(v) for k, v in client.hgetall(key).items()}
+        stage = cast(bytes, key).decode().removeprefix(STAGE_KEY)
+        stages[stage] = {k.decode(): float(v) for k, v in cast(dict[bytes, bytes], client.hgetall(key)).items()}
     return totals, stages

@@ -31,6 +31,9 @@ class WorkerSupervisor:
             env=self.env,
             preexec_fn=die_with_parent,
             stdin=subprocess.DEVNULL,
+            # Its own process group: a Ctrl-C in the terminal reaches ``maie serve`` only, which
+            # stops the workers (warm) before the Redis they use, never all at once.
+            start_new_session=True,
         )
 
     def _watch(self, slot: int) -> None:

@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import shutil
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
+from pydantic import ValidationError
 from rq.timeouts import JobTimeoutException
 
 from maie.config import Settings
-from maie.errors import ErrorCode, MaieError
+from maie.errors import ADVISORY, ErrorCode, MaieError
+from maie.jobs.outbox import notify_if_wanted
+from maie.jobs.queue import job_budget_s
 from maie.jobs.stats import record_task
-from maie.jobs.store import TaskStore, now_iso
+from maie.jobs.store import TaskCorrupt, TaskStore, now_iso
 from maie.logs import correlation_id
 from maie.pipeline.context import BudgetExceeded, Cancelled, TaskContext
 from maie.pipeline.registry import ModelRegistry
 from maie.pipeline.run import overall_progress, run_pipeline
-from maie.schemas import TaskError, TaskOptions, TaskRecord, TaskStatus
-from maie.webhooks import notify_if_wanted
+from maie.schemas import Segment, TaskError, TaskOptions, TaskRecord, TaskStatus
+from maie.storage import storage_for
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +96,36 @@ class Reporter:
         self.stage_started = now
 
 
+class SegmentPublisher:
+    """``ctx.on_segments`` in a worker: each segment ASR decides goes to the task's live segment list
+    and events channel (``TaskStore.add_segments``), numbered from 0 in each attempt.
+
+    A write refused because the record turned terminal means the task was cancelled, as for progress.
+    """
+
+    def __init__(self, store: TaskStore, task_id: str) -> None:
+        self.store = store
+        self.task_id = task_id
+        self.next_id = 0
+
+    def __call__(self, segments: list[Segment]) -> None:
+        items = [
+            {"id": self.next_id + i, "start": s.start, "end": s.end, "text": s.text} for i, s in enumerate(segments)
+        ]
+        if not self.store.add_segments(self.task_id, items):
+            raise Cancelled
+        self.next_id += len(items)
+
+
 def process_task(task_id: str) -> str:
     """RQ entry point. Never raises: every outcome is written to the task record."""
     rt = get_runtime()
     store, settings = rt.store, rt.settings
-    record = store.get(task_id)
+    try:
+        record = store.get(task_id)
+    except TaskCorrupt:
+        log.error("task %s skipped: its record is unreadable", task_id)
+        return "skipped"
     if record is None or record.status.terminal:
         return "skipped"
     correlation_id.set(store.correlation_id(task_id) or task_id)
@@ -106,10 +133,11 @@ def process_task(task_id: str) -> str:
     store.hold_lease(task_id, rt.name, rt.lease_ttl_s)
     rt.current_task = task_id
     attempts = store.incr_attempts(task_id)
-    duration = (record.metrics or {}).get("declared_duration_s")
-    budget = settings.job_timeout_base_s + settings.job_timeout_per_audio_s * (
-        duration if duration is not None else settings.max_audio_minutes * 60
-    )
+    if attempts is None:  # deleted between the read above and now
+        rt.current_task = None
+        store.release_lease(task_id)
+        return "skipped"
+    budget = job_budget_s(settings, record.metrics.declared_duration_s if record.metrics else None)
     reporter = Reporter(store, task_id, deadline=time.monotonic() + budget)
     log.info("task %s started (attempt %d)", task_id, attempts)
     try:
@@ -120,52 +148,73 @@ def process_task(task_id: str) -> str:
     reporter.close_stage()
     if outcome != TaskStatus.CANCELLED:
         notify_if_wanted(store, task_id)
-    final_metrics = (store.get(task_id) or record).metrics or {}
-    record_task(store.redis, outcome.value, reporter.stage_seconds, final_metrics.get("input_duration_s"))
+    final_metrics = (store.get(task_id) or record).metrics
+    duration = final_metrics.input_duration_s if final_metrics else None
+    record_task(store.redis, outcome.value, reporter.stage_seconds, duration)
     return outcome.value
 
 
 def _run(rt: WorkerRuntime, record: TaskRecord, reporter: Reporter, budget: float) -> TaskStatus:
     store, settings, task_id = rt.store, rt.settings, record.task_id
-    audio_path = store.audio_path(task_id)
+    audio_ref = store.audio_path(task_id)
     store.update(task_id, started_at=now_iso())
+    try:
+        # Inside the job's error handling: options this worker cannot read (written by another
+        # version, say) fail the task now, with a code, instead of leaving it PENDING.
+        options = TaskOptions.model_validate(record.options or {})
+    except ValidationError as exc:
+        message = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in exc.errors())
+        return _fail(store, task_id, ErrorCode.INVALID_FIELD, f"task options are not valid: {message}", reporter)
+    store.clear_segments(task_id)  # a new attempt decodes (and numbers) its segments from the start
     ctx = TaskContext(
         task_id=task_id,
-        options=TaskOptions.model_validate(record.options or {}),
+        options=options,
         settings=settings,
         models=rt.models,
-        audio_path=Path(audio_path) if audio_path else None,
         report=reporter,
+        deadline=reporter.deadline,
+        on_segments=SegmentPublisher(store, task_id),
     )
     try:
-        result = run_pipeline(ctx)
+        # The audio as a private local file for this job (with S3: a scratch copy, deleted on exit).
+        with storage_for(settings).fetch(audio_ref) as ctx.audio_path:
+            result = run_pipeline(ctx)
     except Cancelled:
         log.info("task %s cancelled", task_id)
-        remove_task_files(settings, task_id)
+        with contextlib.suppress(MaieError):  # the canceller deletes them too; a storage hiccup is no failure
+            remove_task_files(settings, task_id)
         return TaskStatus.CANCELLED
     except (BudgetExceeded, JobTimeoutException):
+        # JobTimeoutException only from a worker other than ours (ours raises BudgetExceeded).
         return _fail(store, task_id, ErrorCode.TIMEOUT, f"job ran past its time budget of {budget:.0f}s", reporter)
     except MaieError as exc:
         return _fail(store, task_id, exc.code, exc.message, reporter)
     except Exception as exc:
         log.exception("task %s failed in %s", task_id, reporter.stage)
         return _fail(store, task_id, ErrorCode.PIPELINE_ERROR, f"{type(exc).__name__}: {exc}", reporter)
-    error = result.warnings[0] if result.warnings else None
-    store.finish(
+    # ``error``: the first stage that failed; advisory warnings (e.g. SUMMARY_UNGROUNDED) are not failures
+    error = next((w for w in result.warnings if w.code not in ADVISORY), None)
+    finished = store.finish(
         task_id,
         TaskStatus.COMPLETE,
         progress=1.0,
         results=result.results,
-        metrics={**(record.metrics or {}), **result.metrics},
+        # the submission's metrics (declared_duration_s) first, then the run's
+        metrics=record.metrics.model_copy(update=result.metrics.model_dump(exclude_unset=True))
+        if record.metrics
+        else result.metrics,
         versions=result.versions,
         error=error,
         warnings=[w.model_dump() for w in result.warnings],
     )
+    if not finished:  # cancelled in the moment between the last progress report and now
+        log.info("task %s was cancelled as it completed; the cancel stands", task_id)
+        return TaskStatus.CANCELLED
     log.info(
         "task %s complete in %.2fs (rtf %s)%s",
         task_id,
-        result.metrics.get("processing_time_s", 0.0),
-        result.metrics.get("rtf"),
+        result.metrics.processing_time_s or 0.0,
+        result.metrics.rtf,
         f", {error.code}" if error else "",
     )
     return TaskStatus.COMPLETE
@@ -174,13 +223,11 @@ def _run(rt: WorkerRuntime, record: TaskRecord, reporter: Reporter, budget: floa
 def _fail(store: TaskStore, task_id: str, code: ErrorCode, message: str, reporter: Reporter) -> TaskStatus:
     stage = reporter.stage.value if reporter.stage else TaskStatus.PENDING.value
     log.warning("task %s failed in %s: %s %s", task_id, stage, code.value, message)
-    store.fail(task_id, TaskError(code=code.value, message=message, stage=stage))
+    if not store.fail(task_id, TaskError(code=code.value, message=message, stage=stage)):
+        return TaskStatus.CANCELLED  # the cancel got there first
     return TaskStatus.FAILED
 
 
-def task_dir(settings: Settings, task_id: str) -> Path:
-    return settings.audio_dir / task_id
-
-
 def remove_task_files(settings: Settings, task_id: str) -> None:
-    shutil.rmtree(task_dir(settings, task_id), ignore_errors=True)
+    """Delete the task's stored audio (file or S3 object). Raises MaieError when S3 fails."""
+    storage_for(settings).delete(task_id)

@@ -9,17 +9,18 @@ import socket
 import threading
 import time
 import uuid
+from typing import Any, cast
 
 import redis
 from rq import SimpleWorker
+from rq.timeouts import UnixSignalDeathPenalty
 
 from maie.config import Settings
-from maie.jobs.queue import connect, get_queue
+from maie.jobs.queue import connect, worker_queues
 from maie.jobs.store import PREFIX, TaskStore, lease_key
 from maie.jobs.tasks import WorkerRuntime, set_runtime
-from maie.pipeline.context import TaskContext
+from maie.pipeline.context import BudgetExceeded
 from maie.pipeline.registry import ModelRegistry
-from maie.schemas import TaskOptions
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +31,14 @@ def worker_key(name: str) -> str:
     return f"{PREFIX}:worker:{name}"
 
 
-def live_workers(client: redis.Redis) -> list[dict]:
+def live_workers(client: redis.Redis) -> list[dict[str, Any]]:
     """Workers whose heartbeat has not expired."""
-    names = [n.decode() for n in client.smembers(WORKERS_KEY)]
+    names = [n.decode() for n in cast("set[bytes]", client.smembers(WORKERS_KEY))]
     if not names:
         return []
-    out = []
-    for name, raw in zip(names, client.mget([worker_key(n) for n in names]), strict=True):
+    out: list[dict[str, Any]] = []
+    raws = cast("list[bytes | None]", client.mget([worker_key(n) for n in names]))
+    for name, raw in zip(names, raws, strict=True):
         if raw is None:
             client.srem(WORKERS_KEY, name)
         else:
@@ -48,11 +50,39 @@ def warm_up(runtime: WorkerRuntime) -> None:
     """Load the default ASR model before the first job, so the first upload is not the slow one."""
     from maie.pipeline.asr.whisper import get_model, resolve_spec
 
-    ctx = TaskContext(task_id="warm-up", options=TaskOptions(), settings=runtime.settings, models=runtime.models)
     try:
-        get_model(ctx, resolve_spec(ctx))
+        spec = resolve_spec(runtime.settings)
+        get_model(runtime.models, spec)
     except Exception as exc:
         log.warning("could not preload the ASR model: %s", exc)
+        return
+    if spec.device == "cpu":
+        log.info(
+            "ASR on %d of this machine's cores: %d block(s) at once x %d thread(s) (MAIE_WORKER_CORES, "
+            "MAIE_WORKERS_PER_HOST, MAIE_ASR__WHISPER_PARALLEL_BLOCKS, MAIE_ASR__WHISPER_CPU_THREADS)",
+            runtime.settings.cores_per_worker,
+            spec.workers,
+            spec.cpu_threads,
+        )
+
+
+class HardDeadline(UnixSignalDeathPenalty):
+    """RQ's job alarm, raising BudgetExceeded instead of RQ's JobTimeoutException.
+
+    JobTimeoutException is an ordinary Exception: any ``except Exception`` in a stage (a library
+    wrapper, a "keep the transcript" guard) would swallow it and run on. BudgetExceeded is a
+    BaseException that only the job's own handler catches. The alarm is set a margin beyond the
+    budget (``jobs.queue.hard_timeout_s``); the worker's own deadline checks come first.
+    """
+
+    def handle_death_penalty(self, signum: int, frame: object) -> None:
+        raise BudgetExceeded(f"job exceeded its hard timeout of {self._timeout}s")
+
+
+class MaieWorker(SimpleWorker):
+    """SimpleWorker runs jobs in this process (no fork per job), which is what keeps models warm."""
+
+    death_penalty_class = HardDeadline
 
 
 class Heartbeat(threading.Thread):
@@ -104,11 +134,18 @@ def run_worker(settings: Settings, *, burst: bool = False, name: str | None = No
     heartbeat.start()
     warm_up(runtime)
     log.info("worker %s ready on %s", name, settings.redis_url.split("@")[-1])
-    # SimpleWorker runs jobs in this process (no fork per job), which is what keeps models warm.
-    worker = SimpleWorker([get_queue(client)], connection=client, name=name)
+    # MaieWorker is a SimpleWorker: jobs run in this process (no fork per job), which keeps models warm.
+    worker = MaieWorker(worker_queues(client), connection=client, name=name)
     try:
         worker.work(burst=burst, logging_level=settings.log_level, with_scheduler=False)
+    except redis.ConnectionError as exc:
+        # Redis went away under the worker (stopped first at shutdown, or lost): one line, not
+        # redis-py's chained traceback. A task it was running is requeued by recovery.
+        log.warning("worker %s stopping: Redis is unreachable (%s)", name, exc)
     finally:
         heartbeat.stopped.set()
-        client.delete(worker_key(name))
-        client.srem(WORKERS_KEY, name)
+        try:
+            client.delete(worker_key(name))
+            client.srem(WORKERS_KEY, name)
+        except redis.ConnectionError:
+            pass  # the key expires with the heartbeat TTL anyway

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -13,7 +14,26 @@ from maie.config import Settings
 from maie.pipeline.registry import ModelRegistry
 from maie.schemas import Segment, Speaker, TaskError, TaskOptions, TaskStatus
 
+T = TypeVar("T")
+
 SAMPLE_RATE = 16_000
+
+
+@dataclass
+class ChannelFeatures:
+    """What diarizing by channel needs of each channel, per 30 ms frame, computed while decoding.
+
+    The channels' samples themselves are never kept: a recording costs memory by its duration (the
+    mono mix), not by channels x duration (seven channels of 2.5 hours were 4 GB as float32)."""
+
+    energy_db: np.ndarray
+    """(channels, frames) float32: mean-square energy of each frame in dB."""
+    speech: np.ndarray | None
+    """(channels, frames) bool: webrtcvad's speech flag per frame; None without webrtcvad installed."""
+
+    @property
+    def channels(self) -> int:
+        return int(self.energy_db.shape[0])
 
 
 @dataclass
@@ -25,8 +45,8 @@ class DecodedAudio:
     source_format: str
     source_channels: int
     declared_duration_s: float | None = None
-    channels: list[np.ndarray] | None = None
-    """Per-channel 16 kHz samples, kept only when diarizing by channel."""
+    channel_features: ChannelFeatures | None = None
+    """Per-channel frame features, only when diarizing by channel a file of 2+ channels."""
 
 
 @dataclass
@@ -39,6 +59,18 @@ class SpeechRegions:
     enabled: bool = True
 
 
+@dataclass(frozen=True)
+class SegmentSignals:
+    """What the recogniser itself says about one segment (Whisper's decoding statistics)."""
+
+    no_speech_prob: float
+    """The model's probability that the window held no speech."""
+    avg_logprob: float
+    """Mean log-probability of the segment's tokens."""
+    compression_ratio: float
+    """zlib compression ratio of the text: high for looping output."""
+
+
 @dataclass
 class Transcript:
     segments: list[Segment]
@@ -49,17 +81,27 @@ class Transcript:
     """backend, model, device, compute_type, decoding parameters actually used."""
     load_time_s: float = 0.0
     processing_time_s: float = 0.0
-    removed_hallucinations: int = 0
+    removed_hallucinations: dict[str, int] = field(default_factory=dict)
+    """Segments (or loops inside one) the hallucination filter removed, by rule."""
+    signals: list[SegmentSignals] | None = None
+    """The backend's per-segment signals, aligned with ``segments`` until hallucination filtering
+    (which consumes them); None when the backend gives none."""
 
     @property
     def text(self) -> str:
         return " ".join(s.text.strip() for s in self.segments if s.text.strip())
 
 
+SpeakerTurn = tuple[float, float, str]
+"""(start s, end s, speaker name such as "S1"): a stretch of time one speaker holds."""
+LabelledSpan = tuple[float, float, int | str]
+"""(start s, end s, a backend's own speaker label): a diarization backend's raw output, before the
+labels are renamed S1, S2, ... into ``SpeakerTurn``s."""
+
+
 @dataclass
 class Diarization:
-    turns: list[tuple[float, float, str]]
-    """(start, end, speaker) turns."""
+    turns: list[SpeakerTurn]
     speakers: list[Speaker]
     method: str
     processing_time_s: float = 0.0
@@ -82,6 +124,13 @@ class Enhancement:
     chunks: int
     chunks_kept_raw: int
     usage: LlmUsage
+    loops_cut: int = 0
+    """Repeats (looping sentences or phrases the input did not have) cut from the LLM's output."""
+
+    @property
+    def unchanged(self) -> bool:
+        """Every chunk was kept raw: the "clean" transcript is the raw text."""
+        return self.chunks_kept_raw == self.chunks
 
 
 @dataclass
@@ -90,6 +139,12 @@ class Summary:
     template_id: str
     attempts: int
     usage: LlmUsage
+    evidence: list[dict[str, Any]] = field(default_factory=list)
+    """``results.summary_evidence``: one entry per checked leaf (see pipeline/llm/grounding.py)."""
+    grounding: dict[str, Any] | None = None
+    """``results.summary_grounding``: ``{supported, total, ratio, unsupported, ...}``."""
+    loops_cut: int = 0
+    """Repeated sentences, phrases and list items cut from the summary."""
 
 
 class Cancelled(BaseException):
@@ -100,7 +155,11 @@ class Cancelled(BaseException):
 
 
 class BudgetExceeded(BaseException):
-    """The job ran past its time budget. A BaseException for the same reason as Cancelled."""
+    """The job ran past its time budget. A BaseException for the same reason as Cancelled.
+
+    Raised by the worker's own deadline checks (progress reports, between Whisper segments, between
+    LLM tokens) and, as the last resort, by the worker's hard alarm set a margin beyond the budget.
+    """
 
 
 @dataclass
@@ -113,7 +172,13 @@ class TaskContext:
     models: ModelRegistry
     audio_path: Path | None = None
     report: Callable[[TaskStatus, float], None] = lambda stage, fraction: None
-    """Report progress within a stage (0..1). Raises Cancelled if the task was cancelled."""
+    """Report progress within a stage (0..1). Raises Cancelled if the task was cancelled, and
+    BudgetExceeded past the deadline."""
+    deadline: float | None = None
+    """``time.monotonic()`` by which the task must end; None: no limit (``maie process``)."""
+    on_segments: Callable[[list[Segment]], None] = lambda segments: None
+    """Segments of the transcript as ASR decides them, in order, while it runs: exactly the
+    transcript's segments before diarization (live text for SSE). May raise Cancelled."""
     # filled in as the stages run
     audio: DecodedAudio | None = None
     speech: SpeechRegions | None = None
@@ -123,3 +188,24 @@ class TaskContext:
     summary: Summary | None = None
     warnings: list[TaskError] = field(default_factory=list)
     """Non-fatal failures (e.g. SUMMARY_FAILED): the task still completes."""
+
+    def remaining_s(self) -> float | None:
+        """Seconds left before the deadline (negative once past it); None without a deadline."""
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+    def expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def model(self, key: Hashable, load: Callable[[], T]) -> T:
+        """A warm model from the registry; a load still running at the deadline raises BudgetExceeded
+        (a first load can take seconds: importing torch, reading weights)."""
+        try:
+            return self.models.get(key, load, wait_until=self.deadline)
+        except TimeoutError:
+            raise BudgetExceeded from None
+
+    def check_deadline(self) -> None:
+        """Raise BudgetExceeded once the deadline has passed: called between units of work that
+        cannot report progress themselves (a Whisper segment, an LLM token)."""
+        if self.expired():
+            raise BudgetExceeded

@@ -1,20 +1,49 @@
-"""Turns a finished TaskContext into the task record's results, metrics and versions."""
+"""Turns a finished TaskContext into the task record's results, metrics and versions.
+
+Each part is built with only the keys its stages produced (a key passed as None is written as null):
+the store writes them with ``exclude_unset``, so the record shows exactly these keys.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
 
 from maie import __version__
 from maie.pipeline.context import LlmUsage, TaskContext
-from maie.schemas import Feature, TaskError
+from maie.schemas import (
+    AsrVersions,
+    DiarizationVersions,
+    Feature,
+    LlmStageVersion,
+    LlmVersions,
+    SummaryEvidence,
+    SummaryGrounding,
+    TaskError,
+    TaskMetrics,
+    TaskResults,
+    TaskVersions,
+)
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _built(model: type[M], data: dict[str, Any]) -> M:
+    """``model`` with exactly the keys of ``data`` set. A key it has no field for is a bug here (reading
+    the record back would drop it silently), so it raises, and the pipeline's tests fail."""
+    unknown = data.keys() - model.model_fields.keys()
+    if unknown:
+        raise KeyError(f"{model.__name__} has no field {sorted(unknown)}")
+    return model.model_validate(data)
 
 
 @dataclass
 class PipelineResult:
-    results: dict[str, Any]
-    metrics: dict[str, Any]
-    versions: dict[str, Any]
+    results: TaskResults
+    metrics: TaskMetrics
+    versions: TaskVersions
     warnings: list[TaskError] = field(default_factory=list)
 
 
@@ -27,27 +56,32 @@ def build_result(ctx: TaskContext, *, processing_time_s: float) -> PipelineResul
     )
 
 
-def _results(ctx: TaskContext) -> dict[str, Any]:
+def _results(ctx: TaskContext) -> TaskResults:
     out: dict[str, Any] = {}
     transcript = ctx.transcript
     if transcript is not None:
         out["raw_transcript"] = transcript.text
-        out["segments"] = [s.model_dump(exclude_none=True) for s in transcript.segments]
+        out["segments"] = transcript.segments
         out["language"] = transcript.language
         out["language_probability"] = transcript.language_probability
     elif ctx.options.text is not None:
         out["raw_transcript"] = ctx.options.text
     if ctx.diarization is not None:
-        out["speakers"] = [s.model_dump() for s in ctx.diarization.speakers]
+        out["speakers"] = ctx.diarization.speakers
     if ctx.enhancement is not None:
         out["clean_transcript"] = ctx.enhancement.text
+        # True: every chunk was kept raw, so the "clean" text is the raw text (ENHANCE_UNCHANGED)
+        out["clean_transcript_unchanged"] = ctx.enhancement.unchanged
     if ctx.summary is not None:
         out["summary"] = ctx.summary.data
         out["template_id"] = ctx.summary.template_id
-    return out
+        out["summary_evidence"] = [SummaryEvidence.model_validate(e) for e in ctx.summary.evidence]
+        if ctx.summary.grounding is not None:
+            out["summary_grounding"] = SummaryGrounding.model_validate(ctx.summary.grounding)
+    return _built(TaskResults, out)
 
 
-def _metrics(ctx: TaskContext, processing_time_s: float) -> dict[str, Any]:
+def _metrics(ctx: TaskContext, processing_time_s: float) -> TaskMetrics:
     m: dict[str, Any] = {"processing_time_s": round(processing_time_s, 3)}
     duration = ctx.audio.duration_s if ctx.audio is not None else None
     if duration:
@@ -63,7 +97,7 @@ def _metrics(ctx: TaskContext, processing_time_s: float) -> dict[str, Any]:
         if duration:
             m["asr_rtf"] = round(t.processing_time_s / duration, 4)
         m["asr_confidence"] = None if t.confidence is None else round(t.confidence, 4)
-        m["hallucinations_removed"] = t.removed_hallucinations
+        m["hallucinations_removed"] = dict(t.removed_hallucinations)
     if ctx.diarization is not None:
         m["diarization_time_s"] = round(ctx.diarization.processing_time_s, 3)
     usages = _llm_usages(ctx)
@@ -80,28 +114,34 @@ def _metrics(ctx: TaskContext, processing_time_s: float) -> dict[str, Any]:
         m["enhance_chunks_kept_raw"] = e.chunks_kept_raw
     if ctx.summary is not None:
         m["summary_attempts"] = ctx.summary.attempts
-    return m
+        if ctx.summary.grounding is not None:
+            m["summary_grounded_ratio"] = ctx.summary.grounding["ratio"]
+    if ctx.summary is not None or ctx.enhancement is not None:
+        m["llm_loops_cut"] = (ctx.summary.loops_cut if ctx.summary else 0) + (
+            ctx.enhancement.loops_cut if ctx.enhancement else 0
+        )
+    return _built(TaskMetrics, m)
 
 
-def _versions(ctx: TaskContext) -> dict[str, Any]:
-    v: dict[str, Any] = {"pipeline": __version__}
+def _versions(ctx: TaskContext) -> TaskVersions:
+    v = TaskVersions(pipeline=__version__)
     if ctx.transcript is not None:
-        v["asr"] = ctx.transcript.versions
+        v.asr = AsrVersions.model_validate(ctx.transcript.versions)
     if ctx.diarization is not None:
-        v["diarization"] = {"method": ctx.diarization.method}
-    llm: dict[str, Any] = {}
+        v.diarization = DiarizationVersions(method=ctx.diarization.method)
+    stages: dict[str, LlmStageVersion] = {}
     if ctx.enhancement is not None:
-        llm["enhance"] = _usage_version(ctx.enhancement.usage)
+        stages["enhance"] = _usage_version(ctx.enhancement.usage)
     if ctx.summary is not None:
-        llm["summary"] = _usage_version(ctx.summary.usage)
-    if llm:
-        first = next(iter(llm.values()))
-        v["llm"] = {"model": first["model"], "base_url": first["base_url"], **llm}
+        stages["summary"] = _usage_version(ctx.summary.usage)
+    if stages:
+        first = next(iter(stages.values()))
+        v.llm = _built(LlmVersions, {"model": first.model, "base_url": first.base_url, **stages})
     return v
 
 
-def _usage_version(u: LlmUsage) -> dict[str, Any]:
-    return {"model": u.model, "base_url": u.base_url, "params": u.params}
+def _usage_version(u: LlmUsage) -> LlmStageVersion:
+    return LlmStageVersion(model=u.model, base_url=u.base_url, params=u.params)
 
 
 def _llm_usages(ctx: TaskContext) -> list[LlmUsage]:

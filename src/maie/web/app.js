@@ -12,6 +12,21 @@ const STAGES = [
   ["COMPLETE", "Done"],
 ];
 const LLM_FEATURES = new Set(["clean_transcript", "summary", "enhancement_metrics"]);
+// What each warning means for a person reading the results (the server's message follows as detail).
+const WARNING_TEXT = {
+  LOW_CONFIDENCE:
+    "Parts of the recording were not recognised reliably (another language, or unclear speech). Check those times against the audio.",
+  SUMMARY_UNGROUNDED:
+    "Some summary items could not be found in the transcript. They are marked “not found in the transcript”: do not rely on them without checking.",
+  ENHANCE_UNCHANGED: "The clean-up step changed nothing: the text shown is the raw speech recognition, not a cleaned version.",
+  ENHANCE_FAILED: "The clean-up step failed; the raw transcript is complete.",
+  LLM_LOOP_CUT: "The language model repeated itself; the repeats were cut out. Check that nothing is missing.",
+  SUMMARY_FAILED: "The summary could not be made; the transcript is complete.",
+  DIARIZATION_FAILED: "Speakers could not be told apart; the transcript has no speaker labels.",
+  LLM_UNAVAILABLE: "The language model could not be reached: clean-up and summary were skipped.",
+  TIMEOUT: "A step ran out of time and was skipped.",
+  AUDIO_TRUNCATED: "Only part of the recording was processed: the file is cut off or longer than allowed.",
+};
 const SPEAKER_COLORS = ["#2563eb", "#d97706", "#059669", "#db2777", "#7c3aed", "#0891b2", "#65a30d", "#dc2626"];
 
 const $ = (id) => document.getElementById(id);
@@ -26,6 +41,11 @@ const state = {
   schemaCache: new Map(),
   segments: [],
   activeIndex: -1,
+  serverAudio: null, // {taskId, url}: the current task's audio fetched from the server (object URL)
+  speakerNames: {},
+  search: { query: "", marks: [], index: -1 },
+  tasksJson: "",
+  tasksTimer: null,
 };
 
 // ---------------------------------------------------------------- DOM helpers
@@ -185,8 +205,9 @@ function uploadAudio(file, fields, onProgress) {
   });
 }
 
-/** Reads the SSE body of /v1/tasks/{id}/events with fetch (EventSource cannot send the key header). */
-async function streamEvents(taskId, signal, onStatus) {
+/** Reads the SSE body of /v1/tasks/{id}/events with fetch (EventSource cannot send the key header):
+ * `status` events to onStatus, `segment` events (text as ASR recognises it) to onSegment. */
+async function streamEvents(taskId, signal, onStatus, onSegment) {
   const res = await fetch(`/v1/tasks/${encodeURIComponent(taskId)}/events`, {
     headers: authHeaders({ Accept: "text/event-stream" }),
     signal,
@@ -214,6 +235,8 @@ async function streamEvents(taskId, signal, onStatus) {
             const event = JSON.parse(data.join("\n"));
             onStatus(event);
             if (TERMINAL.has(event.status)) return;
+          } else if (data.length && eventName === "segment") {
+            onSegment(JSON.parse(data.join("\n")));
           }
           eventName = "message";
           data = [];
@@ -304,6 +327,20 @@ async function loadModels() {
     );
   }
   select.value = keep;
+  // A feature the server cannot run is not offered (the server would refuse it: FEATURE_UNAVAILABLE).
+  const diarization = models.features?.diarization;
+  const box = $("enable-diarization");
+  const off = diarization?.available === false;
+  box.disabled = off;
+  if (off) box.checked = false;
+  box.dispatchEvent(new Event("change"));
+  // An English-only model refuses other languages (LANGUAGE_UNSUPPORTED): say so where the language is typed.
+  const english = models.features?.languages?.english_only;
+  $("language").placeholder = english ? "en (English-only model)" : "auto";
+  $("language").title = english ? "This server's speech model knows only English" : "A language code such as en or vi";
+  const note = $("diarization-note");
+  note.hidden = !off;
+  note.textContent = off ? `Not available on this server: ${diarization.detail || "not installed"}` : "";
 }
 
 async function loadServerData() {
@@ -388,9 +425,41 @@ async function onSubmit(event) {
 
 // ---------------------------------------------------------------- recent tasks
 
+const FEATURE_LABELS = {
+  raw_transcript: "transcript",
+  clean_transcript: "clean-up",
+  summary: "summary",
+  enhancement_metrics: "metrics",
+};
+
+function taskSubline(t) {
+  const parts = [];
+  if (t.input_duration_s) parts.push(t.input_duration_s < 1 ? `${t.input_duration_s.toFixed(2)} s` : clock(t.input_duration_s));
+  const features = (t.features || []).map((f) => FEATURE_LABELS[f] || f);
+  if (t.enable_diarization) features.push("speakers");
+  if (features.length) parts.push(features.join(", "));
+  if (!TERMINAL.has(t.status) && t.progress) parts.push(`${Math.round(t.progress * 100)}%`);
+  if ((t.warnings || []).length) parts.push(`⚠ ${t.warnings.length} warning${t.warnings.length > 1 ? "s" : ""}`);
+  parts.push(ago(t.submitted_at));
+  return parts.filter(Boolean).join(" · ");
+}
+
+/** Re-read the list now and then: every 2 s while a task is running, else every 10 s. */
+function scheduleTaskRefresh(active) {
+  clearTimeout(state.tasksTimer);
+  state.tasksTimer = setTimeout(() => {
+    if (document.visibilityState === "visible" && state.key) refreshTasks().catch(() => scheduleTaskRefresh(false));
+    else scheduleTaskRefresh(active);
+  }, active ? 2000 : 10_000);
+}
+
 async function refreshTasks() {
   if (!state.key) return;
   const tasks = await api("/v1/tasks?limit=25");
+  scheduleTaskRefresh(tasks.some((t) => !TERMINAL.has(t.status)));
+  const json = JSON.stringify([tasks, state.taskId]);
+  if (json === state.tasksJson) return; // unchanged: keep the DOM (and focus) as it is
+  state.tasksJson = json;
   const list = clear($("task-list"));
   if (!tasks.length) {
     list.append(h("li", { class: "muted small empty" }, "No tasks yet."));
@@ -413,7 +482,8 @@ async function refreshTasks() {
           },
           h("span", { class: "task-item-name" }, t.filename || `task ${t.task_id.slice(0, 8)}`),
           h("span", { class: `badge badge-small status-${t.status.toLowerCase()}` }, statusLabel(t.status)),
-          h("span", { class: "task-item-time muted small" }, ago(t.submitted_at)),
+          h("span", { class: "task-item-sub" }, taskSubline(t)),
+          t.preview ? h("span", { class: "task-item-preview", title: t.preview }, `“${t.preview}”`) : null,
         ),
       ),
     );
@@ -484,8 +554,33 @@ function renderProgress(record) {
 function renderWarnings(record) {
   const list = clear($("task-warnings"));
   const warnings = (record.warnings || []).filter((w) => !record.error || w.code !== record.error.code);
-  list.hidden = !warnings.length;
-  for (const w of warnings) list.append(h("li", {}, h("code", {}, w.code), " ", w.message));
+  $("warnings").hidden = !warnings.length;
+  for (const w of warnings) {
+    const sentence = WARNING_TEXT[w.code] || humanize(String(w.code).toLowerCase()) + ".";
+    const li = h("li", { dataset: { code: w.code } }, h("strong", {}, sentence));
+    if (w.code === "LOW_CONFIDENCE") {
+      const ranges = record.results?.low_confidence || [];
+      if (ranges.length) {
+        li.append(
+          " ",
+          ...ranges.map((r) =>
+            h(
+              "button",
+              { type: "button", class: "time-link", dataset: { start: String(r.start) }, onclick: () => playAt(r.start),
+                "aria-label": `Play the unreliable part from ${clock(r.start)}` },
+              `${clock(r.start)}–${clock(r.end)}`,
+            ),
+          ),
+        );
+      }
+    }
+    li.append(h("span", { class: "detail" }, w.message || "", " ", h("code", {}, w.code)));
+    list.append(li);
+  }
+}
+
+function hasWarning(record, code) {
+  return (record?.warnings || []).some((w) => w.code === code);
 }
 
 function renderHeader(record) {
@@ -504,20 +599,60 @@ function speakerColor(id, speakers) {
   return SPEAKER_COLORS[(index < 0 ? 0 : index) % SPEAKER_COLORS.length];
 }
 
-function renderTranscript(results) {
+function speakerName(id) {
+  return state.speakerNames[id] || id;
+}
+
+function renderSpeakers(results) {
   const speakers = results.speakers || [];
   const speakerBox = clear($("speakers"));
   for (const s of speakers) {
-    speakerBox.append(
-      h(
-        "span",
-        { class: "speaker-chip", style: { "--spk": speakerColor(s.id, speakers) } },
-        h("span", { class: "dot", "aria-hidden": "true" }),
-        s.id,
-        h("span", { class: "muted" }, ` · ${clock(s.talk_time_s)}`),
-      ),
+    const chip = h(
+      "span",
+      { class: "speaker-chip", dataset: { speaker: s.id }, style: { "--spk": speakerColor(s.id, speakers) } },
+      h("span", { class: "dot", "aria-hidden": "true" }),
+      h("span", { class: "speaker-name" }, speakerName(s.id)),
+      h("span", { class: "muted" }, ` · ${clock(s.talk_time_s)}`),
+      h("button", { type: "button", class: "rename", "aria-label": `Rename ${speakerName(s.id)}`, title: "Rename",
+                    onclick: () => startRename(chip, s.id) }, "✎"),
     );
+    speakerBox.append(chip);
   }
+}
+
+function startRename(chip, id) {
+  const input = h("input", { type: "text", maxlength: "80", value: state.speakerNames[id] || "",
+                             placeholder: id, "aria-label": `Name for ${id}` });
+  const form = h("form", { class: "speaker-rename" }, input);
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    renameSpeaker(id, input.value.trim());
+  });
+  input.addEventListener("keydown", (e) => {
+    if (e.key === "Escape") renderSpeakers(state.record.results || {});
+  });
+  chip.querySelector(".speaker-name").replaceWith(form);
+  chip.querySelector(".rename").hidden = true;
+  input.focus();
+}
+
+async function renameSpeaker(id, name) {
+  const taskId = state.taskId;
+  try {
+    const record = await api(`/v1/tasks/${encodeURIComponent(taskId)}`, {
+      method: "PATCH",
+      json: { speakers: { [id]: name || null } },
+    });
+    if (state.taskId === taskId) await renderRecord(record);
+  } catch (err) {
+    showError(err);
+    renderSpeakers(state.record?.results || {});
+  }
+}
+
+function renderTranscript(results) {
+  const speakers = results.speakers || [];
+  renderSpeakers(results);
   const list = clear($("transcript"));
   state.segments = results.segments || [];
   state.activeIndex = -1;
@@ -535,7 +670,7 @@ function renderTranscript(results) {
         tabindex: "0",
         role: "button",
         title,
-        "aria-label": `Play from ${clock(seg.start)}${seg.speaker ? `, ${seg.speaker}` : ""}: ${seg.text}`,
+        "aria-label": `Play from ${clock(seg.start)}${seg.speaker ? `, ${speakerName(seg.speaker)}` : ""}: ${seg.text}`,
         dataset: { index: String(i), start: String(seg.start) },
         onclick: () => playFrom(i),
         onkeydown: (e) => {
@@ -547,7 +682,7 @@ function renderTranscript(results) {
       },
       h("span", { class: "seg-time" }, clock(seg.start)),
       seg.speaker
-        ? h("span", { class: "seg-speaker", style: { "--spk": speakerColor(seg.speaker, speakers) } }, seg.speaker)
+        ? h("span", { class: "seg-speaker", style: { "--spk": speakerColor(seg.speaker, speakers) } }, speakerName(seg.speaker))
         : null,
       h("span", { class: "seg-text" }, seg.text.trim()),
     );
@@ -557,17 +692,22 @@ function renderTranscript(results) {
 
 function playFrom(index) {
   const seg = state.segments[index];
+  if (seg) playAt(seg.start, index);
+}
+
+/** Jump the player to ``seconds`` and play (the transcript line there is highlighted). */
+function playAt(seconds, index) {
   const player = $("player");
-  if (!seg) return;
   if (!player.getAttribute("src")) {
-    const label = $("attach-label");
+    const label = $("attach-label").hidden ? $("audio-state") : $("attach-label");
     label.classList.remove("flash");
     void label.offsetWidth; // restart the animation
     label.classList.add("flash");
     return;
   }
-  player.currentTime = seg.start;
-  highlight(index, false);
+  player.currentTime = Number(seconds) || 0;
+  const at = index ?? state.segments.findIndex((s) => seconds >= s.start - 0.01 && seconds < s.end);
+  if (at >= 0) highlight(at, true);
   player.play().catch(() => {
     /* autoplay refused or the format is unsupported: the position is still set */
   });
@@ -591,20 +731,104 @@ function onTimeUpdate() {
   if (index >= 0) highlight(index, !$("player").paused);
 }
 
+function usePlayerSource(url, source) {
+  const player = $("player");
+  if (player.getAttribute("src") !== url) player.src = url;
+  player.dataset.source = source;
+  player.hidden = false;
+  $("attach-label").hidden = true;
+  $("audio-state").hidden = true;
+}
+
 function setupPlayer(taskId) {
   const player = $("player");
-  const url = state.localAudio.get(taskId);
+  const url = state.localAudio.get(taskId) || (state.serverAudio?.taskId === taskId ? state.serverAudio.url : null);
   if (url) {
-    if (player.getAttribute("src") !== url) player.src = url;
-    player.hidden = false;
-    $("attach-label").hidden = true;
+    usePlayerSource(url, state.localAudio.has(taskId) ? "local" : "server");
   } else {
     player.pause();
     player.removeAttribute("src");
+    delete player.dataset.source;
     player.load();
     player.hidden = true;
+    $("attach-label").hidden = true;
+  }
+}
+
+/**
+ * The task's audio from the server (``GET /v1/tasks/{id}/audio``, owner only), so playback works after a
+ * reload and on another machine. The key must travel in a header, which an <audio src> request cannot
+ * send, so the file is fetched with the key into a Blob and played from an object URL: the whole file is
+ * downloaded before it plays (fine for meetings up to a few hundred MB; no Range streaming). Only the
+ * current task's audio is kept in memory.
+ */
+async function loadServerAudio(record) {
+  const taskId = record.task_id;
+  if (state.localAudio.has(taskId) || state.serverAudio?.taskId === taskId) return;
+  const status = $("audio-state");
+  if (!record.filename || record.status === "CANCELLED") {
+    status.hidden = true;
+    $("attach-label").hidden = false;
+    return;
+  }
+  status.hidden = false;
+  status.textContent = "loading the recording…";
+  try {
+    const res = await fetch(`/v1/tasks/${encodeURIComponent(taskId)}/audio`, { headers: authHeaders(), cache: "no-store" });
+    if (!res.ok) throw await errorFrom(res);
+    const blob = await res.blob();
+    if (state.taskId !== taskId) return;
+    if (state.serverAudio) URL.revokeObjectURL(state.serverAudio.url);
+    state.serverAudio = { taskId, url: URL.createObjectURL(blob) };
+    usePlayerSource(state.serverAudio.url, "server");
+  } catch (err) {
+    if (state.taskId !== taskId) return;
+    // Audio past retention or deleted: playing the local copy still works.
+    status.textContent = err instanceof ApiError && err.status === 409 ? "the recording is no longer kept on the server" : "the recording could not be loaded";
     $("attach-label").hidden = false;
   }
+}
+
+// ---------------------------------------------------------------- search in the transcript
+
+/** Mark every match of the query in the transcript lines (text nodes and <mark>, never HTML). */
+function applySearch(jump) {
+  const query = $("search").value.trim().toLowerCase();
+  state.search = { query, marks: [], index: -1 };
+  for (const el of document.querySelectorAll("#transcript .seg-text")) {
+    const text = el.dataset.text ?? el.textContent;
+    el.dataset.text = text;
+    if (!query) {
+      el.textContent = text;
+      continue;
+    }
+    const lower = text.toLowerCase();
+    const parts = [];
+    let from = 0;
+    for (let at = lower.indexOf(query); at >= 0; at = lower.indexOf(query, at + query.length)) {
+      if (at > from) parts.push(text.slice(from, at));
+      const mark = h("mark", {}, text.slice(at, at + query.length));
+      state.search.marks.push(mark);
+      parts.push(mark);
+      from = at + query.length;
+    }
+    if (from < text.length) parts.push(text.slice(from));
+    el.replaceChildren(...parts);
+  }
+  const count = state.search.marks.length;
+  $("search-count").textContent = query ? (count ? `${count} found` : "not found") : "";
+  if (jump && count) stepSearch(1);
+}
+
+function stepSearch(direction) {
+  const { marks } = state.search;
+  if (!marks.length) return;
+  marks[state.search.index]?.classList.remove("current");
+  state.search.index = (state.search.index + direction + marks.length) % marks.length;
+  const mark = marks[state.search.index];
+  mark.classList.add("current");
+  mark.scrollIntoView({ block: "nearest" });
+  $("search-count").textContent = `${state.search.index + 1} of ${marks.length}`;
 }
 
 async function templateSchema(templateId) {
@@ -616,18 +840,79 @@ async function templateSchema(templateId) {
   return state.schemaCache.get(templateId);
 }
 
-function renderValue(value, schema) {
+/** JSON pointer (RFC 6901) of a child: the path ``summary_evidence`` uses. */
+function pointer(base, key) {
+  return `${base}/${String(key).replace(/~/g, "~0").replace(/\//g, "~1")}`;
+}
+
+/**
+ * Evidence of the summary leaves by JSON pointer: ``results.summary_evidence`` entries
+ * ``{path, segments, start, end, score, supported}``, and ``summary_grounding.unsupported`` paths.
+ */
+function evidenceIndex(results) {
+  const byPath = new Map();
+  for (const e of results.summary_evidence || []) if (e && typeof e.path === "string") byPath.set(e.path, e);
+  for (const path of results.summary_grounding?.unsupported || []) {
+    if (!byPath.has(path)) byPath.set(path, { path, supported: false });
+  }
+  return byPath;
+}
+
+/** A summary leaf with its evidence: a time button that plays where it was said, or a visible mark. */
+function leaf(content, path, evidence) {
+  const e = evidence.get(path);
+  if (!e) return content;
+  if (e.supported) {
+    const score = typeof e.score === "number" ? ` (match ${Math.round(e.score <= 1 ? e.score * 100 : e.score)}%)` : "";
+    return h(
+      "span",
+      { class: "leaf supported", dataset: { path } },
+      content,
+      " ",
+      h(
+        "button",
+        {
+          type: "button",
+          class: "time-link evidence",
+          dataset: { start: String(e.start ?? 0), path },
+          title: `said at ${clock(e.start)}–${clock(e.end)}${score}: play it`,
+          "aria-label": `Play where this was said, at ${clock(e.start)}`,
+          onclick: () => playAt(e.start ?? 0, e.segments?.[0]),
+        },
+        `▶ ${clock(e.start)}`,
+      ),
+    );
+  }
+  return h(
+    "span",
+    { class: "leaf unsupported", dataset: { path }, title: "No part of the transcript supports this item." },
+    content,
+    h("span", { class: "unsupported-tag" }, "not found in the transcript"),
+  );
+}
+
+function renderValue(value, schema, path = "", evidence = new Map()) {
   if (value === null || value === undefined || value === "") return h("span", { class: "muted" }, "—");
   if (Array.isArray(value)) {
     if (!value.length) return h("span", { class: "muted" }, "none");
     const itemSchema = schema?.items;
     // Names and tags read better inline; sentences stay a list.
     const short = (x) => (typeof x === "string" || typeof x === "number") && String(x).trim().split(/\s+/).length <= 3;
-    if (value.every(short)) return h("ul", { class: "chips" }, value.map((item) => h("li", {}, String(item))));
+    if (value.every(short)) {
+      return h(
+        "ul",
+        { class: "chips" },
+        value.map((item, i) => {
+          const p = pointer(path, i);
+          const bad = evidence.get(p)?.supported === false;
+          return h("li", { class: bad ? "unsupported" : null }, leaf(String(item), p, evidence));
+        }),
+      );
+    }
     return h(
       "ul",
       { class: "sum-list" },
-      value.map((item) => h("li", {}, renderValue(item, itemSchema))),
+      value.map((item, i) => h("li", {}, renderValue(item, itemSchema, pointer(path, i), evidence))),
     );
   }
   if (typeof value === "object") {
@@ -636,11 +921,14 @@ function renderValue(value, schema) {
     return h(
       "dl",
       { class: "sum-dl" },
-      keys.flatMap((k) => [h("dt", {}, props[k]?.title || humanize(k)), h("dd", {}, renderValue(value[k], props[k]))]),
+      keys.flatMap((k) => [
+        h("dt", {}, props[k]?.title || humanize(k)),
+        h("dd", {}, renderValue(value[k], props[k], pointer(path, k), evidence)),
+      ]),
     );
   }
-  if (typeof value === "boolean") return value ? "yes" : "no";
-  return String(value);
+  const text = typeof value === "boolean" ? (value ? "yes" : "no") : String(value);
+  return leaf(text, path, evidence);
 }
 
 function orderedKeys(obj, props) {
@@ -657,6 +945,16 @@ async function renderSummary(results) {
   }
   card.hidden = false;
   $("summary-template").textContent = results.template_id ? `template ${results.template_id}` : "";
+  const grounding = results.summary_grounding;
+  const note = $("grounding");
+  note.hidden = !grounding || !grounding.total;
+  if (grounding?.total) {
+    const missing = grounding.total - grounding.supported;
+    note.textContent = missing
+      ? `${grounding.supported} of ${grounding.total} items were found in the transcript; ${missing} could not be checked and are marked.`
+      : `All ${grounding.total} items were found in the transcript: use ▶ to hear each one.`;
+    note.classList.toggle("ok", !missing);
+  }
   const box = clear($("summary"));
   if (typeof summary !== "object" || Array.isArray(summary)) {
     box.append(renderValue(summary, null));
@@ -664,19 +962,28 @@ async function renderSummary(results) {
   }
   const schema = await templateSchema(results.template_id);
   const props = schema?.properties || {};
+  const evidence = evidenceIndex(results);
   for (const key of orderedKeys(summary, props)) {
     const value = summary[key];
     const prop = props[key];
+    const path = pointer("", key);
     const body =
-      typeof value === "string" && value.length > 80 ? h("p", {}, value) : h("div", {}, renderValue(value, prop));
+      typeof value === "string" && value.length > 80
+        ? h("p", {}, leaf(value, path, evidence))
+        : h("div", {}, renderValue(value, prop, path, evidence));
     box.append(h("section", { class: "sum-section" }, h("h3", {}, prop?.title || humanize(key)), body));
   }
 }
 
-function renderClean(results) {
+function renderClean(results, record) {
   const card = $("clean-card");
   const text = results.clean_transcript;
   card.hidden = !text;
+  // Clean-up that kept every chunk raw is not a clean transcript: say so instead of labelling it "clean".
+  const unchanged = hasWarning(record, "ENHANCE_UNCHANGED");
+  $("clean-title").textContent = unchanged ? "Transcript text (not cleaned up)" : "Clean transcript";
+  $("clean-note").hidden = !unchanged;
+  $("clean-note").textContent = unchanged ? WARNING_TEXT.ENHANCE_UNCHANGED : "";
   const box = clear($("clean-transcript"));
   if (text) {
     for (const para of text.split(/\n\s*\n|\n/).filter((p) => p.trim())) box.append(h("p", {}, para.trim()));
@@ -704,6 +1011,8 @@ function renderMetrics(record) {
 
 async function renderRecord(record) {
   state.record = record;
+  if (TERMINAL.has(record.status)) clearLiveText(); // the record has the transcript now
+  state.speakerNames = record.speaker_names || {};
   $("empty-state").hidden = true;
   $("task-panel").hidden = false;
   renderHeader(record);
@@ -714,7 +1023,8 @@ async function renderRecord(record) {
   $("results").hidden = !show;
   if (show) {
     renderTranscript(results);
-    renderClean(results);
+    applySearch(false);
+    renderClean(results, record);
     renderMetrics(record);
     await renderSummary(results);
   }
@@ -731,6 +1041,13 @@ function revealTask() {
 function stopFollowing() {
   state.follow?.abort();
   state.follow = null;
+  clearLiveText();
+}
+
+function clearLiveText() {
+  const live = $("live-text");
+  live.textContent = "";
+  live.hidden = true;
 }
 
 async function openTask(taskId) {
@@ -746,6 +1063,7 @@ async function openTask(taskId) {
   setupPlayer(taskId);
   const record = await api(`/v1/status/${encodeURIComponent(taskId)}`);
   if (state.taskId !== taskId) return;
+  loadServerAudio(record);
   await renderRecord(record);
   if (!TERMINAL.has(record.status)) follow(taskId);
 }
@@ -758,8 +1076,15 @@ async function follow(taskId) {
     if (ctrl.signal.aborted || !state.record) return;
     renderProgress({ ...state.record, ...event, error: event.error ?? null });
   };
+  const live = $("live-text");
+  const onSegment = (segment) => {
+    if (ctrl.signal.aborted) return;
+    live.hidden = false;
+    live.textContent += (live.textContent ? " " : "") + segment.text;
+    live.scrollTop = live.scrollHeight;
+  };
   try {
-    await streamEvents(taskId, ctrl.signal, onStatus);
+    await streamEvents(taskId, ctrl.signal, onStatus, onSegment);
   } catch (err) {
     if (ctrl.signal.aborted) return;
     console.warn("event stream unavailable, polling instead:", err);
@@ -822,6 +1147,11 @@ async function deleteTask() {
     const url = state.localAudio.get(taskId);
     if (url) URL.revokeObjectURL(url);
     state.localAudio.delete(taskId);
+    if (state.serverAudio?.taskId === taskId) {
+      URL.revokeObjectURL(state.serverAudio.url);
+      state.serverAudio = null;
+    }
+    setupPlayer(null);
     state.taskId = null;
     state.record = null;
     $("task-panel").hidden = true;
@@ -895,6 +1225,15 @@ function wire() {
     btn.addEventListener("click", () => download(btn.dataset.format));
   }
   $("player").addEventListener("timeupdate", onTimeUpdate);
+  $("search").addEventListener("input", () => applySearch(true));
+  $("search").addEventListener("keydown", (e) => {
+    if (e.key === "Enter") {
+      e.preventDefault();
+      stepSearch(e.shiftKey ? -1 : 1);
+    }
+  });
+  $("search-next").addEventListener("click", () => stepSearch(1));
+  $("search-prev").addEventListener("click", () => stepSearch(-1));
   $("attach-input").addEventListener("change", (e) => {
     const file = e.target.files[0];
     if (!file || !state.taskId) return;
@@ -906,9 +1245,6 @@ function wire() {
 
   checkServer();
   setInterval(checkServer, 15_000);
-  setInterval(() => {
-    if (document.visibilityState === "visible" && state.key) refreshTasks().catch(() => {});
-  }, 15_000);
   if (state.key) loadServerData();
   else keyInput.focus();
 }

@@ -10,13 +10,14 @@ from fastapi.responses import JSONResponse
 
 from maie.config import Settings
 from maie.jobs.worker import live_workers
+from maie.schemas.http import Check, Health, Readiness, ReadyChecks
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/health", summary="Liveness: the API process answers")
-def health() -> dict:
-    return {"status": "ok"}
+def health() -> Health:
+    return Health(status="ok")
 
 
 async def _llm_reachable(settings: Settings) -> tuple[bool, str]:
@@ -32,19 +33,24 @@ async def _llm_reachable(settings: Settings) -> tuple[bool, str]:
         return False, f"unreachable: {type(exc).__name__}"
 
 
-@router.get("/health/ready", summary="Readiness: Redis, a live worker, and the LLM server")
+@router.get(
+    "/health/ready",
+    summary="Readiness: Redis, a live worker, and the LLM server",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "Not ready: the checks say what is missing"}},
+)
 async def ready(request: Request) -> JSONResponse:
     settings: Settings = request.app.state.settings
-    checks: dict[str, dict] = {}
     try:
         await asyncio.wait_for(request.app.state.redis_async.ping(), timeout=2.0)
-        checks["redis"] = {"ok": True}
+        redis_check = Check(ok=True)
         workers = await asyncio.to_thread(live_workers, request.app.state.redis)
-        checks["workers"] = {"ok": len(workers) > 0, "live": len(workers)}
+        workers_check = Check(ok=len(workers) > 0, live=len(workers))
     except Exception as exc:
-        checks["redis"] = {"ok": False, "error": type(exc).__name__}
-        checks["workers"] = {"ok": False, "error": "redis unavailable"}
+        redis_check = Check(ok=False, error=type(exc).__name__)
+        workers_check = Check(ok=False, error="redis unavailable")
     ok, detail = await _llm_reachable(settings)
-    checks["llm"] = {"ok": ok, "detail": detail}
-    ready_ = all(c["ok"] for c in checks.values())
-    return JSONResponse({"ready": ready_, "checks": checks}, status_code=200 if ready_ else 503)
+    checks = ReadyChecks(redis=redis_check, workers=workers_check, llm=Check(ok=ok, detail=detail))
+    ready_ = all(c.ok for c in (checks.redis, checks.workers, checks.llm))
+    body = Readiness(ready=ready_, checks=checks)
+    return JSONResponse(body.model_dump(mode="json"), status_code=200 if ready_ else 503)

@@ -1,22 +1,31 @@
-"""``POST /v1/audio/transcriptions``: OpenAI-compatible, synchronous for the caller, run by the workers."""
+"""``POST /v1/audio/transcriptions`` and ``/translations``: OpenAI-compatible, synchronous for the caller
+(the whole result, or with ``stream=true`` OpenAI's SSE deltas as segments are decoded), run by the
+workers (in the fast lane, so an interactive request never waits behind a backlog)."""
 
 from __future__ import annotations
 
-import asyncio
-import time
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from rq import Queue
 
-from maie.api.deps import QueueDep, SettingsDep, StoreDep
+from maie.api.deps import CallerDep, QueueDep, SettingsDep, StoreDep
+from maie.api.errors import Responses, openai_error_body, openai_error_responses
+from maie.api.events import EventHub, EventStreamResponse
 from maie.api.options import ASR_BACKENDS, build_options, check_options
 from maie.api.ratelimit import RateLimitDep
-from maie.api.routers.process import accept_upload, multipart_body
+from maie.api.routers.process import SUBMIT_ERRORS, UPLOAD_ERRORS, multipart_body
+from maie.api.submission import accept_upload
+from maie.api.transcription import delta_events, failure, wait_deadline, wait_for
+from maie.config import Settings
 from maie.errors import ErrorCode, MaieError
-from maie.exports import render_results
-from maie.jobs import queue as jobs
-from maie.schemas import Feature, TaskOptions, TaskStatus
+from maie.exports import MEDIA_TYPES, render_results
+from maie.jobs.store import TaskStore
+from maie.principals import Principal
+from maie.schemas import Feature, TaskOptions, TaskResults, TaskStatus
+from maie.schemas.http import Transcription, VerboseSegment, VerboseTranscription, VerboseWord
 
 router = APIRouter(prefix="/v1/audio", tags=["openai"])
 
@@ -40,19 +49,43 @@ def _one(fields: dict[str, list[str]], name: str, default: str | None = None) ->
     return values[-1].strip() if values and values[-1].strip() else default
 
 
-def options_from_openai(fields: dict[str, list[str]]) -> tuple[TaskOptions, str]:
+STREAM_FORMATS = ("json", "text")
+"""The formats a stream can stand for: it carries text (deltas, then the whole text), not timed cues."""
+
+
+@dataclass(frozen=True)
+class OpenAiRequest:
+    options: TaskOptions
+    response_format: str
+    stream: bool
+
+
+def _flag(fields: dict[str, list[str]], name: str) -> bool:
+    value = (_one(fields, name) or "false").lower()
+    if value not in ("true", "false", "1", "0"):
+        raise MaieError(ErrorCode.INVALID_FIELD, f"{name}: expected true or false")
+    return value in ("true", "1")
+
+
+def options_from_openai(fields: dict[str, list[str]], task: str = "transcribe") -> OpenAiRequest:
     unknown = sorted(set(fields) - KNOWN_FIELDS)
     if unknown:
         raise MaieError(ErrorCode.INVALID_FIELD, f"{unknown[0]}: unknown field")
-    response_format = _one(fields, "response_format", "json")
+    response_format = _one(fields, "response_format", "json") or "json"
     if response_format not in RESPONSE_FORMATS:
         raise MaieError(ErrorCode.INVALID_FIELD, f"response_format: expected one of {', '.join(RESPONSE_FORMATS)}")
-    if _one(fields, "stream") in ("true", "True", "1"):
-        raise MaieError(ErrorCode.INVALID_FIELD, "stream: streaming transcription is not supported")
-    temperature = _one(fields, "temperature")
-    if temperature is not None:
+    stream = _flag(fields, "stream")
+    if stream and response_format not in STREAM_FORMATS:
+        raise MaieError(
+            ErrorCode.INVALID_FIELD,
+            f"stream: a stream carries text; use response_format {' or '.join(STREAM_FORMATS)}, or no stream",
+        )
+    raw_temperature = _one(fields, "temperature")
+    temperature = None
+    if raw_temperature is not None:
         try:
-            if not 0.0 <= float(temperature) <= 1.0:
+            temperature = float(raw_temperature)
+            if not 0.0 <= temperature <= 1.0:
                 raise ValueError
         except ValueError:
             raise MaieError(ErrorCode.INVALID_FIELD, "temperature: expected a number from 0 to 1") from None
@@ -68,100 +101,154 @@ def options_from_openai(fields: dict[str, list[str]]) -> tuple[TaskOptions, str]
             "language": _one(fields, "language"),
             "initial_prompt": _one(fields, "prompt"),
             "word_timestamps": "word" in granularities,
+            "temperature": temperature,
+            "task": task,
         }
     )
-    return options, response_format or "json"
+    return OpenAiRequest(options, response_format, stream)
 
 
-def verbose_json(results: dict[str, Any], duration: float | None, words: bool) -> dict[str, Any]:
-    segments = [
+DECODER_FIELDS = ("seek", "tokens", "temperature", "avg_logprob", "compression_ratio", "no_speech_prob")
+"""Per-segment values from the decoder: passed on when the backend recorded them, omitted otherwise."""
+
+
+def verbose_json(results: TaskResults, duration: float | None, words: bool, task: str) -> VerboseTranscription:
+    segments = results.segments or []
+    return VerboseTranscription.model_validate(
         {
-            "id": i,
-            "seek": 0,
-            "start": s["start"],
-            "end": s["end"],
-            "text": s["text"],
-            "tokens": [],
-            "temperature": 0.0,
-            "avg_logprob": 0.0,
-            "compression_ratio": 0.0,
-            "no_speech_prob": 0.0,
-            **({"speaker": s["speaker"]} if s.get("speaker") else {}),
+            "task": task,
+            "language": results.language or "",
+            "duration": duration or 0.0,
+            "text": results.raw_transcript or "",
+            "segments": [
+                VerboseSegment(
+                    id=i,
+                    start=s.start,
+                    end=s.end,
+                    text=s.text,
+                    **{name: getattr(s, name) for name in DECODER_FIELDS},
+                    speaker=s.speaker or None,
+                )
+                for i, s in enumerate(segments)
+            ],
+            "words": [
+                VerboseWord(word=w.word.strip(), start=w.start, end=w.end) for s in segments for w in s.words or []
+            ]
+            if words
+            else None,
         }
-        for i, s in enumerate(results.get("segments", []))
-    ]
-    out: dict[str, Any] = {
-        "task": "transcribe",
-        "language": results.get("language") or "",
-        "duration": duration or 0.0,
-        "text": results.get("raw_transcript", ""),
-        "segments": segments,
-    }
-    if words:
-        out["words"] = [
-            {"word": w["word"].strip(), "start": w["start"], "end": w["end"]}
-            for s in results.get("segments", [])
-            for w in s.get("words") or []
-        ]
-    return out
+    )
 
 
-OPENAI_FIELDS: dict[str, dict] = {
+OPENAI_FIELDS: dict[str, dict[str, Any]] = {
     "model": {"type": "string", "description": "whisper-1 (or any name) = the default backend; or chunkformer."},
     "language": {"type": "string"},
     "prompt": {"type": "string", "maxLength": 2000},
     "response_format": {"type": "string", "enum": list(RESPONSE_FORMATS)},
     "temperature": {"type": "number", "minimum": 0, "maximum": 1},
     "timestamp_granularities[]": {"type": "array", "items": {"type": "string", "enum": ["word", "segment"]}},
+    "stream": {
+        "type": "boolean",
+        "description": "Server-Sent Events: transcript.text.delta per segment, then transcript.text.done "
+        "(response_format json or text).",
+    },
 }
+
+
+async def _run(
+    request: Request,
+    caller: Principal,
+    settings: Settings,
+    store: TaskStore,
+    queue: Queue,
+    task: str,
+) -> Response:
+    parsed: list[OpenAiRequest] = []
+
+    def parse_fields(fields: dict[str, list[str]]) -> TaskOptions:
+        asked = options_from_openai(fields, task)
+        parsed.append(asked)  # called again with the whole form when fields follow the file: the last wins
+        return check_options(asked.options, settings)
+
+    task_id, options, duration = await accept_upload(
+        request, caller, settings, store, queue, parse_fields, priority=True
+    )
+    asked = parsed[-1]
+    deadline = wait_deadline(settings, duration)
+    headers = {"X-MAIE-Task-Id": task_id}
+    if asked.stream:
+        hub: EventHub = request.app.state.events
+        return EventStreamResponse(delta_events(hub, queue, store, task_id, deadline), headers=headers)
+    record = await wait_for(queue, store, task_id, deadline)
+    if record.status != TaskStatus.COMPLETE:
+        code, status, message = failure(record)
+        return JSONResponse(openai_error_body(code, message, status), status_code=status, headers=headers)
+    results = record.results or TaskResults()
+    text = results.raw_transcript or ""
+    fmt = asked.response_format
+    if fmt == "json":
+        return JSONResponse(Transcription(text=text).model_dump(), headers=headers)
+    if fmt == "text":
+        return PlainTextResponse(text, headers=headers)  # exactly json's text
+    if fmt == "verbose_json":
+        duration_s = record.metrics.input_duration_s if record.metrics else None
+        body = verbose_json(results, duration_s, options.word_timestamps, task).model_dump()
+        return JSONResponse(body, headers=headers)
+    segments = [s.model_dump() for s in results.segments or []]
+    body_text, media_type = render_results({"segments": segments}, fmt)
+    return PlainTextResponse(body_text, media_type=media_type, headers=headers)
+
+
+def _responses() -> Responses:
+    """The OpenAI routes' answers: a JSON body (json, verbose_json) or text (text, srt, vtt); OpenAI errors."""
+    text = {MEDIA_TYPES[fmt].split(";")[0]: {"schema": {"type": "string"}} for fmt in ("txt", "srt", "vtt")}
+    text["text/event-stream"] = {"schema": {"type": "string"}}  # stream=true: transcript.text.delta/done events
+    return {
+        200: {
+            "model": Transcription | VerboseTranscription,
+            "description": "By ``response_format``: ``json``, ``verbose_json``, or text (``text``, ``srt``, ``vtt``); "
+            "with ``stream=true``, Server-Sent Events",
+            "content": text,
+        },
+        **openai_error_responses(
+            *SUBMIT_ERRORS,
+            *UPLOAD_ERRORS,
+            ErrorCode.TRANSLATION_UNSUPPORTED,
+            ErrorCode.CANCELLED,
+            ErrorCode.TIMEOUT,
+            failures=(
+                ErrorCode.AUDIO_DECODE_ERROR,
+                ErrorCode.AUDIO_EMPTY,
+                ErrorCode.AUDIO_TOO_LONG,
+                ErrorCode.ASR_FAILED,
+                ErrorCode.MODEL_UNAVAILABLE,
+                ErrorCode.TIMEOUT,
+            ),
+        ),
+    }
 
 
 @router.post(
     "/transcriptions",
-    summary="OpenAI-compatible transcription (synchronous)",
+    summary="OpenAI-compatible transcription (synchronous; stream=true: SSE text deltas as it is decoded)",
     openapi_extra=multipart_body(OPENAI_FIELDS),
+    response_class=Response,
+    responses=_responses(),
 )
 async def transcriptions(
-    request: Request, _: RateLimitDep, settings: SettingsDep, store: StoreDep, queue: QueueDep
+    request: Request, caller: CallerDep, _: RateLimitDep, settings: SettingsDep, store: StoreDep, queue: QueueDep
 ) -> Response:
-    formats: list[str] = []
+    return await _run(request, caller, settings, store, queue, "transcribe")
 
-    def parse_fields(fields: dict[str, list[str]]) -> TaskOptions:
-        options, fmt = options_from_openai(fields)
-        formats.append(fmt)
-        return check_options(options, settings)
 
-    task_id, options, duration = await accept_upload(request, settings, store, queue, parse_fields)
-    fmt = formats[0]
-    deadline = time.monotonic() + jobs.job_timeout_s(settings, duration) + 600
-    try:
-        while True:
-            record = await asyncio.to_thread(store.get, task_id)
-            if record is None or record.status == TaskStatus.CANCELLED:
-                raise MaieError(ErrorCode.CANCELLED, "the transcription was cancelled")
-            if record.status.terminal:
-                break
-            if time.monotonic() > deadline:
-                raise MaieError(ErrorCode.TIMEOUT, "the transcription did not finish in time")
-            await asyncio.sleep(0.2)
-    except asyncio.CancelledError:
-        # The caller went away: nobody will read this result, so free the worker.
-        await asyncio.to_thread(jobs.cancel, queue, task_id)
-        await asyncio.to_thread(store.finish, task_id, TaskStatus.CANCELLED)
-        raise
-    headers = {"X-MAIE-Task-Id": task_id}
-    if record.status == TaskStatus.FAILED:
-        error = record.error
-        code = ErrorCode(error.code) if error and error.code in ErrorCode.__members__ else ErrorCode.ASR_FAILED
-        status = 422 if code.name.startswith("AUDIO_") else 500 if code != ErrorCode.TIMEOUT else 504
-        return JSONResponse(
-            {"detail": error.message if error else "failed", "code": code.value}, status_code=status, headers=headers
-        )
-    results = record.results or {}
-    if fmt == "json":
-        return JSONResponse({"text": results.get("raw_transcript", "")}, headers=headers)
-    if fmt == "verbose_json":
-        duration_s = (record.metrics or {}).get("input_duration_s")
-        return JSONResponse(verbose_json(results, duration_s, options.word_timestamps), headers=headers)
-    body, media_type = render_results({"segments": results.get("segments", [])}, fmt if fmt != "text" else "txt")
-    return PlainTextResponse(body, media_type=media_type, headers=headers)
+@router.post(
+    "/translations",
+    summary="OpenAI-compatible translation to English (synchronous; needs a multilingual Whisper model)",
+    openapi_extra=multipart_body({k: v for k, v in OPENAI_FIELDS.items() if k != "language"}),
+    response_class=Response,
+    responses=_responses(),
+)
+async def translations(
+    request: Request, caller: CallerDep, _: RateLimitDep, settings: SettingsDep, store: StoreDep, queue: QueueDep
+) -> Response:
+    return await _run(request, caller, settings, store, queue, "translate")

@@ -27,9 +27,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from maie.config import Settings
 from maie.errors import ErrorCode, MaieError
-from maie.pipeline.context import SAMPLE_RATE, Cancelled, TaskContext, Transcript
-from maie.schemas import Segment, TaskStatus
+from maie.pipeline.asr.backend import AsrRequest, LoadedModel
+from maie.pipeline.context import SAMPLE_RATE, Transcript
+from maie.schemas import Segment
 
 if TYPE_CHECKING:
     import torch
@@ -68,7 +70,7 @@ class ChunkFormerCtc:
     @property
     def frame_s(self) -> float:
         """Seconds per encoder (CTC) frame."""
-        return self.fbank.frame_shift_ms / 1000 * self.encoder.embed.subsampling_rate
+        return float(self.fbank.frame_shift_ms / 1000 * self.encoder.embed.subsampling_rate)
 
 
 @dataclass(frozen=True)
@@ -80,78 +82,115 @@ class Decoding:
     """Chunks per forward pass."""
 
 
-def transcribe(ctx: TaskContext) -> Transcript:
-    """Transcribe the speech regions of ``ctx.audio`` with the configured ChunkFormer checkpoint."""
-    settings = ctx.settings.asr
-    if not settings.chunkformer_model:
+@dataclass(frozen=True)
+class ChunkFormerSpec:
+    """What to load and how to decode, from the settings alone; ``key`` is the ModelRegistry key."""
+
+    model_dir: str
+    device: str
+    chunk_size: int
+    left_context: int
+    right_context: int
+    batch_size: int | None
+    max_silence_s: float
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return ("chunkformer", self.model_dir, self.device)
+
+    @property
+    def label(self) -> str:
+        return self.model_dir
+
+
+def resolve_spec(settings: Settings) -> ChunkFormerSpec:
+    asr = settings.asr
+    if not asr.chunkformer_model:
         raise MaieError(
             ErrorCode.MODEL_UNAVAILABLE,
             "No ChunkFormer model is configured: set MAIE_ASR__CHUNKFORMER_MODEL to a local checkpoint "
             f"directory (config.yaml, pytorch_model.bin, vocab.txt) and install the backend ({INSTALL_HINT}).",
         )
-    if ctx.audio is None:
-        raise MaieError(ErrorCode.PIPELINE_ERROR, "ASR ran before the audio was decoded.")
     torch = _import_torch()
-    model_dir = str(Path(settings.chunkformer_model).expanduser())
-    device = _resolve_device(settings.chunkformer_device, torch)
-    key = ("chunkformer", model_dir, device)
-    loaded_now: list[bool] = []
-
-    def load() -> ChunkFormerCtc:
-        loaded_now.append(True)
-        return load_model(model_dir, device)
-
-    model = ctx.models.get(key, load)
-    decoding = Decoding(
-        chunk_size=settings.chunkformer_chunk_size,
-        left_context=settings.chunkformer_left_context,
-        right_context=settings.chunkformer_right_context,
-        batch_size=settings.chunkformer_batch_size or _default_batch_size(model, settings.chunkformer_chunk_size),
+    return ChunkFormerSpec(
+        model_dir=str(Path(asr.chunkformer_model).expanduser()),
+        device=_resolve_device(asr.chunkformer_device, torch),
+        chunk_size=asr.chunkformer_chunk_size,
+        left_context=asr.chunkformer_left_context,
+        right_context=asr.chunkformer_right_context,
+        batch_size=asr.chunkformer_batch_size,
+        max_silence_s=asr.chunkformer_max_silence_s,
     )
-    samples = ctx.audio.samples
+
+
+def load(spec: ChunkFormerSpec) -> ChunkFormerCtc:
+    return load_model(spec.model_dir, spec.device)
+
+
+def parallel_blocks(model: LoadedModel) -> int:
+    """One block at a time: a pass already batches up to ``batch_size`` chunks over torch's threads."""
+    return 1
+
+
+def known_language(model: LoadedModel, requested: str | None) -> str | None:
+    """ChunkFormer does not detect languages: the request's, as given."""
+    return requested
+
+
+def transcribe(
+    samples: np.ndarray, regions: Sequence[tuple[float, float]], request: AsrRequest, model: LoadedModel
+) -> Transcript:
+    """Transcribe the speech ``regions`` of ``samples`` with a loaded ChunkFormer checkpoint."""
+    spec: ChunkFormerSpec = model.spec
+    ctc: ChunkFormerCtc = model.model
+    torch = _import_torch()
+    decoding = Decoding(
+        chunk_size=spec.chunk_size,
+        left_context=spec.left_context,
+        right_context=spec.right_context,
+        batch_size=spec.batch_size or _default_batch_size(ctc, spec.chunk_size),
+    )
     duration = len(samples) / SAMPLE_RATE
-    regions = ctx.speech.regions if ctx.speech is not None else [(0.0, duration)]
     regions = [(max(0.0, s), min(duration, e)) for s, e in regions if min(duration, e) > max(0.0, s)]
 
     started = time.perf_counter()
-    ctx.report(TaskStatus.PROCESSING_ASR, 0.0)
+    request.progress(0.0)
     try:
         with torch.inference_mode():
             segments, confidences = _decode_regions(
-                model, samples, regions, decoding, settings.chunkformer_max_silence_s, ctx
+                ctc, samples, regions, decoding, spec.max_silence_s, request.progress
             )
-    except (Cancelled, MaieError):
+    except MaieError:
         raise
     except (RuntimeError, ValueError) as exc:
         raise MaieError(ErrorCode.ASR_FAILED, f"ChunkFormer decoding failed: {exc}") from exc
-    ctx.report(TaskStatus.PROCESSING_ASR, 1.0)
+    request.progress(1.0)
 
     return Transcript(
         segments=segments,
-        language=ctx.options.language,
+        language=request.language,
         language_probability=None,
         confidence=float(np.mean(confidences)) if confidences else None,
         versions={
             "backend": "chunkformer",
-            "model": model_dir,
-            "device": device,
+            "model": spec.model_dir,
+            "device": spec.device,
             "compute_type": "float32",
             "decoding": {
                 "chunk_size": decoding.chunk_size,
                 "left_context": decoding.left_context,
                 "right_context": decoding.right_context,
                 "batch_size": decoding.batch_size,
-                "max_silence_s": settings.chunkformer_max_silence_s,
+                "max_silence_s": spec.max_silence_s,
             },
         },
-        load_time_s=ctx.models.load_time(key) if loaded_now else 0.0,
         processing_time_s=time.perf_counter() - started,
     )
 
 
 def _default_batch_size(model: ChunkFormerCtc, chunk_size: int) -> int:
     """Chunks per pass within the package's default budget of input frames."""
-    return max(1, PACKAGE_BATCH_FRAMES // (chunk_size * model.encoder.embed.subsampling_rate))
+    return max(1, int(PACKAGE_BATCH_FRAMES // (chunk_size * model.encoder.embed.subsampling_rate)))
 
 
 # --- loading -------------------------------------------------------------------------------------
@@ -388,7 +427,7 @@ def _decode_regions(
     regions: Sequence[tuple[float, float]],
     decoding: Decoding,
     max_silence_s: float,
-    ctx: TaskContext,
+    report: Callable[[float], None],
 ) -> tuple[list[Segment], list[float]]:
     """Decode each region; short regions share forward passes, long ones run in cached passes."""
     total = sum(end - start for start, end in regions) or 1.0
@@ -401,7 +440,7 @@ def _decode_regions(
     def progress(seconds: float) -> None:
         nonlocal done
         done += seconds
-        ctx.report(TaskStatus.PROCESSING_ASR, min(done / total, 1.0))
+        report(min(done / total, 1.0))
 
     def flush() -> None:
         nonlocal pending, pending_chunks
@@ -445,7 +484,8 @@ def _chunk_count(n_frames: int, chunk_size: int, embed: Any) -> int:
     """Chunks ``forward_parallel_chunk`` cuts ``n_frames`` input frames into."""
     size = (chunk_size - 1) * embed.subsampling_rate + embed.right_context + 1
     step = chunk_size * embed.subsampling_rate
-    return 1 + max(0, math.ceil((n_frames - size) / step))
+    extra: int = math.ceil((n_frames - size) / step)
+    return 1 + max(0, extra)
 
 
 def encode_batch(model: ChunkFormerCtc, feats: Sequence[torch.Tensor], decoding: Decoding) -> list[_Frames]:

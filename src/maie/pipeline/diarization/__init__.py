@@ -1,2 +1,2 @@
 """Speaker diarization parts: speech frames, window embeddings, clustering, turns, channel and
-pyannote backends, and merging speakers into the transcript. The stage is ``maie.pipeline.diarize``."""
+pyannote backends, and merging speakers into the transcript. The stage is ``maie.pipeline.speakers``."""

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from maie.pipeline.context import SpeakerTurn
 from maie.schemas import Segment, Speaker, Word
 
-Turn = tuple[float, float, str]
 MIN_SPAN_S = 0.01
 """Zero-length words (Whisper emits some) are looked up as this long."""
 
@@ -17,7 +17,7 @@ MIN_SPAN_S = 0.01
 class _TurnIndex:
     """Speaker with the most overlap for a time span, over turns sorted by start (may overlap)."""
 
-    def __init__(self, turns: Sequence[Turn]) -> None:
+    def __init__(self, turns: Sequence[SpeakerTurn]) -> None:
         ordered = sorted(turns, key=lambda t: (t[0], t[1]))
         self.starts = np.array([t[0] for t in ordered], dtype=float)
         self.ends = np.array([t[1] for t in ordered], dtype=float)
@@ -59,7 +59,9 @@ def _fill_unknown(spans: list[tuple[float, float]], labels: list[str | None], in
         before_i = known[after - 1] if after > 0 else None
         after_i = known[after] if after < len(known) else None
         if before_i is None or after_i is None:
-            out[i] = labels[after_i if before_i is None else before_i]
+            nearest = after_i if before_i is None else before_i
+            assert nearest is not None  # `known` is not empty here
+            out[i] = labels[nearest]
             continue
         gap_before = spans[i][0] - spans[before_i][1]
         gap_after = spans[after_i][0] - spans[i][1]
@@ -106,7 +108,7 @@ def _split(segment: Segment, words: list[Word]) -> list[Segment]:
     return pieces
 
 
-def assign_speakers(segments: list[Segment], turns: list[Turn]) -> list[Segment]:
+def assign_speakers(segments: list[Segment], turns: list[SpeakerTurn]) -> list[Segment]:
     """Give every word the speaker whose turn covers most of it, split segments where the speaker
     changes, and fill words or segments no turn covers from their nearer neighbour. Segments
     without words get the speaker with the most overlap. Returns new segments; inputs are unchanged."""
@@ -149,7 +151,7 @@ def _union_length(spans: list[tuple[float, float]]) -> float:
     return total
 
 
-def speaker_stats(items: Sequence[Segment] | Sequence[Turn]) -> list[Speaker]:
+def speaker_stats(items: Sequence[Segment] | Sequence[SpeakerTurn]) -> list[Speaker]:
     """Each speaker's talk time (overlapping spans of one speaker counted once), in order of first
     appearance. Accepts segments or (start, end, speaker) turns; unlabelled items are skipped."""
     spans: dict[str, list[tuple[float, float]]] = {}

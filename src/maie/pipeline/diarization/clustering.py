@@ -26,6 +26,7 @@ are given the nearest speaker centroid, so memory stays bounded whatever the len
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,10 +74,17 @@ def _spectral(embeddings: np.ndarray, k: int, max_spectral_size: int) -> np.ndar
     return np.asarray(clusterer.predict(embeddings.astype(np.float64)), dtype=int)
 
 
+def warm_up() -> None:
+    """One tiny spectral run: the first in a process costs over a second of lazy set-up."""
+    points = np.random.default_rng(0).standard_normal((12, 8))
+    _spectral(points / np.linalg.norm(points, axis=1, keepdims=True), 2, 600)
+
+
 def _evenly(indices: np.ndarray, most: int) -> np.ndarray:
     if len(indices) <= most:
         return indices
-    return indices[np.linspace(0, len(indices) - 1, most).round().astype(int)]
+    picked: np.ndarray = indices[np.linspace(0, len(indices) - 1, most).round().astype(int)]
+    return picked
 
 
 def cut_statistics(
@@ -138,8 +146,10 @@ def estimate_count(
     rule: SplitRule,
     max_speakers: int,
     max_spectral_size: int,
+    checkpoint: Callable[[], None] = lambda: None,
 ) -> int:
-    """How many speakers the windows hold (1..max_speakers)."""
+    """How many speakers the windows hold (1..max_speakers). ``checkpoint`` runs before every cut (it
+    may raise: a deadline or a cancel stops the count between two spectral runs)."""
     if len(embeddings) == 0:
         return 0
     distinct = ~repeated_windows(embeddings, centers, rule.overlap_s)
@@ -151,6 +161,7 @@ def estimate_count(
     counter = 1
     while heap and final + len(heap) < max_speakers:
         _, _, members = heapq.heappop(heap)
+        checkpoint()
         cut = try_cut(embeddings, centers, members, rule, max_spectral_size)
         if cut is None:
             final += 1
@@ -170,8 +181,10 @@ def cluster(
     default_max: int,
     rule: SplitRule,
     max_spectral_size: int,
+    checkpoint: Callable[[], None] = lambda: None,
 ) -> np.ndarray:
-    """A speaker label per window. The count is fixed when min == max, else estimated and clamped."""
+    """A speaker label per window. The count is fixed when min == max, else estimated and clamped.
+    ``checkpoint`` runs before each spectral run (see ``estimate_count``)."""
     n = len(embeddings)
     if n == 0:
         return np.zeros(0, dtype=int)
@@ -185,6 +198,7 @@ def cluster(
             default_max=default_max,
             rule=rule,
             max_spectral_size=max_spectral_size,
+            checkpoint=checkpoint,
         )
         return nearest_centroid(embeddings, embeddings[chosen], labels)
     upper = min(max_speakers or max(default_max, min_speakers or 1), n)
@@ -192,10 +206,18 @@ def cluster(
     if lower == upper:
         k = lower
     else:
-        k = estimate_count(embeddings, centers, rule=rule, max_speakers=upper, max_spectral_size=max_spectral_size)
+        k = estimate_count(
+            embeddings,
+            centers,
+            rule=rule,
+            max_speakers=upper,
+            max_spectral_size=max_spectral_size,
+            checkpoint=checkpoint,
+        )
         k = min(max(k, lower), upper)
     if k <= 1:
         return np.zeros(n, dtype=int)
+    checkpoint()
     return _spectral(embeddings, k, max_spectral_size)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from maie.errors import ErrorCode, MaieError
-from maie.pipeline.context import SAMPLE_RATE
+from maie.pipeline.context import SAMPLE_RATE, LabelledSpan
 
 PYANNOTE_KIND = "pyannote"
 
@@ -58,8 +58,8 @@ def load_pipeline(path: str, device: str) -> Any:
 
 def pyannote_turns(
     pipeline: Any, samples: np.ndarray, *, min_speakers: int | None, max_speakers: int | None
-) -> list[tuple[float, float, str]]:
-    """(start, end, pyannote label) turns of ``samples`` (16 kHz mono)."""
+) -> list[LabelledSpan]:
+    """(start, end, pyannote label) spans of ``samples`` (16 kHz mono)."""
     import torch
 
     waveform = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32)).unsqueeze(0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-Turn = tuple[float, float, str]
+from maie.pipeline.context import LabelledSpan, SpeakerTurn
 
 
 def windows_to_turns(
@@ -38,10 +38,10 @@ def _append(turns: list[tuple[float, float, int]], start: float, end: float, lab
         turns.append((start, end, label))
 
 
-def name_speakers(turns: list[tuple[float, float, int | str]]) -> list[Turn]:
+def name_speakers(turns: list[LabelledSpan]) -> list[SpeakerTurn]:
     """Rename speakers S1, S2, ... in order of first appearance; turns sorted by start."""
     names: dict[int | str, str] = {}
-    out: list[Turn] = []
+    out: list[SpeakerTurn] = []
     for start, end, label in sorted(turns, key=lambda t: (t[0], t[1])):
         name = names.setdefault(label, f"S{len(names) + 1}")
         out.append((round(float(start), 3), round(float(end), 3), name))

@@ -36,10 +36,12 @@ class LlmClient(Protocol):
         temperature: float,
         top_k: int | None,
         json_schema: dict[str, Any] | None,
+        deadline: float | None = None,
     ) -> LlmReply:
         """One chat completion. With ``json_schema`` the reply is constrained to that schema where
         the backend supports it. Raises MaieError: LLM_UNAVAILABLE when the backend cannot be
-        reached or keeps failing, PIPELINE_ERROR for a reply that cannot be used."""
+        reached or keeps failing, PIPELINE_ERROR for a reply that cannot be used; BudgetExceeded
+        once ``deadline`` (a ``time.monotonic()`` value) has passed, checked while it generates."""
         ...
 
 

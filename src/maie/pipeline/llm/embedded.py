@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from maie.errors import ErrorCode, MaieError
+from maie.pipeline.context import BudgetExceeded
 from maie.pipeline.llm.client import LlmReply, Message
 
 DEFAULT_TOP_K = 40
@@ -78,35 +79,58 @@ class EmbeddedClient:
         temperature: float,
         top_k: int | None,
         json_schema: dict[str, Any] | None,
+        deadline: float | None = None,
     ) -> LlmReply:
+        """One completion, streamed token by token so that the deadline is checked between tokens:
+        llama.cpp's generation loop is Python, but its sampler hooks are C callbacks that cannot
+        raise, so stopping early means leaving the stream. The overshoot past the deadline is one
+        token, or the prompt's evaluation (at most ``n_ctx`` tokens) when it falls there."""
         grammar = None
         if json_schema is not None:
-            from llama_cpp import LlamaGrammar
+            from llama_cpp.llama_grammar import LlamaGrammar
 
             from maie.pipeline.llm.grammar import schema_to_gbnf
 
             grammar = LlamaGrammar.from_string(schema_to_gbnf(json_schema), verbose=False)
         started = time.perf_counter()
+        parts: list[str] = []
+        tokens = 0
+        finish_reason: str | None = None
         try:
             with _GENERATE_LOCK:
-                out = self._llama.create_chat_completion(
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise BudgetExceeded
+                stream = self._llama.create_chat_completion(
                     messages=messages,
                     max_tokens=max_tokens,
                     temperature=temperature,
                     top_k=top_k if top_k is not None else DEFAULT_TOP_K,
                     grammar=grammar,
+                    stream=True,
                 )
+                try:
+                    for chunk in stream:
+                        choice = chunk["choices"][0]
+                        content = choice.get("delta", {}).get("content")
+                        if content:
+                            parts.append(content)
+                            tokens += 1
+                        finish_reason = choice.get("finish_reason") or finish_reason
+                        if deadline is not None and time.monotonic() >= deadline:
+                            raise BudgetExceeded
+                finally:
+                    stream.close()
+                evaluated = int(getattr(self._llama, "n_tokens", 0) or 0)
         except ValueError as exc:  # e.g. the prompt does not fit the context window
             raise MaieError(ErrorCode.PIPELINE_ERROR, f"embedded LLM refused the request: {exc}") from exc
         except Exception as exc:
             raise MaieError(ErrorCode.LLM_UNAVAILABLE, f"embedded LLM failed: {exc}") from exc
-        choice = out["choices"][0]
-        usage = out.get("usage") or {}
         return LlmReply(
-            text=choice["message"].get("content") or "",
+            text="".join(parts),
             model=self.model_name,
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
+            # A stream carries no usage: what the context evaluated, less what was generated.
+            prompt_tokens=max(evaluated - tokens, 0),
+            completion_tokens=tokens,
             time_s=time.perf_counter() - started,
-            finish_reason=choice.get("finish_reason"),
+            finish_reason=finish_reason,
         )

@@ -2,7 +2,9 @@
 
 The text goes in chunks (turn, segment and sentence boundaries). A chunk whose output drifts from
 its input (length or edit distance out of bounds, speaker labels lost, JSON instead of text, cut
-off at the token limit) keeps its raw text and is counted in ``chunks_kept_raw``.
+off at the token limit) keeps its raw text and is counted in ``chunks_kept_raw``. Looping
+sentences or phrases the input did not have are cut from a chunk's output before that check
+(``LLM_LOOP_CUT``); when every chunk is kept raw the task says so (``ENHANCE_UNCHANGED``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from maie.errors import ErrorCode, failures_as
 from maie.pipeline.context import Enhancement, LlmUsage, TaskContext
 from maie.pipeline.llm.client import LlmClient, Message, add_reply
 from maie.pipeline.llm.factory import get_llm, report_progress, stage_params
-from maie.pipeline.llm.text import Turn, chunk_turns, merge_turns, render, transcript_turns
+from maie.pipeline.llm.loops import cut_text
+from maie.pipeline.llm.text import Utterance, chunk_turns, merge_turns, render, transcript_turns
+from maie.schemas import TaskError, TaskStatus
 
 MIN_LENGTH_RATIO = 0.6
 """Cleaned/raw length (letters and digits only) below this: the model dropped content."""
@@ -69,11 +73,15 @@ def _enhance(ctx: TaskContext) -> Enhancement:
         },
     )
     chunks = chunk_turns(turns, llm_settings.enhance_chunk_chars)
-    cleaned: list[Turn] = []
+    cleaned: list[Utterance] = []
     kept_raw = 0
+    loops = 0
     for i, chunk in enumerate(chunks):
         report_progress(ctx, "enhance", i / len(chunks))
-        result = _clean_chunk(client, chunk, params.max_tokens, params.temperature, params.top_k, usage)
+        result, cut = _clean_chunk(
+            client, chunk, params.max_tokens, params.temperature, params.top_k, usage, ctx.deadline
+        )
+        loops += cut
         if result is None:
             kept_raw += 1
             cleaned.extend(chunk)
@@ -81,13 +89,33 @@ def _enhance(ctx: TaskContext) -> Enhancement:
             cleaned.extend(result)
     report_progress(ctx, "enhance", 1.0)
     text = render(merge_turns(cleaned))
-    return Enhancement(
+    enhancement = Enhancement(
         text=text,
         edit_rate=edit_rate(raw_text, text),
         chunks=len(chunks),
         chunks_kept_raw=kept_raw,
         usage=usage,
+        loops_cut=loops,
     )
+    stage = TaskStatus.PROCESSING_LLM.value
+    if loops:
+        ctx.warnings.append(
+            TaskError(
+                code=ErrorCode.LLM_LOOP_CUT.value,
+                message=f"the clean transcript repeated itself: {loops} repeated sentences or phrases cut",
+                stage=stage,
+            )
+        )
+    if enhancement.unchanged:
+        ctx.warnings.append(
+            TaskError(
+                code=ErrorCode.ENHANCE_UNCHANGED.value,
+                message=f"the LLM's output strayed from the transcript in all {len(chunks)} chunks, so each "
+                "kept its raw text: the clean transcript is the raw transcript, unchanged",
+                stage=stage,
+            )
+        )
+    return enhancement
 
 
 def edit_rate(raw: str, clean: str) -> float:
@@ -99,13 +127,15 @@ def edit_rate(raw: str, clean: str) -> float:
 
 def _clean_chunk(
     client: LlmClient,
-    chunk: list[Turn],
+    chunk: list[Utterance],
     max_tokens: int,
     temperature: float,
     top_k: int | None,
     usage: LlmUsage,
-) -> list[Turn] | None:
-    """The cleaned turns, or None when the output drifted (the caller keeps the raw chunk)."""
+    deadline: float | None = None,
+) -> tuple[list[Utterance] | None, int]:
+    """The cleaned turns, or None when the output drifted (the caller keeps the raw chunk), and
+    how many looping repeats were cut from the output."""
     labelled = any(t.speaker for t in chunk)
     source = render(chunk)
     messages: list[Message] = [
@@ -116,15 +146,29 @@ def _clean_chunk(
     # A cleaned chunk is about as long as its input: a model that loops is cut off early (and
     # the chunk kept raw) instead of running on to max_tokens.
     budget = min(max_tokens, len(source) // 2 + 64)
-    reply = client.chat(messages, max_tokens=budget, temperature=temperature, top_k=top_k, json_schema=None)
+    reply = client.chat(
+        messages, max_tokens=budget, temperature=temperature, top_k=top_k, json_schema=None, deadline=deadline
+    )
     add_reply(usage, reply)
     if reply.finish_reason == "length":
-        return None
+        return None, 0
     output = _unwrap(reply.text)
-    turns = _parse_output(output, chunk) if labelled else [Turn(None, " ".join(output.split()))]
+    cut = 0
+    if labelled:
+        turns = _parse_output(output, chunk)
+        if turns is not None:
+            cut_turns = []
+            for turn, raw_turn in zip(turns, chunk, strict=True):
+                text, n = cut_text(turn.text, source=raw_turn.text)
+                cut += n
+                cut_turns.append(Utterance(turn.speaker, text))
+            turns = cut_turns
+    else:
+        text, cut = cut_text(" ".join(output.split()), source=source)
+        turns = [Utterance(None, text)]
     if turns is None or drifted(source, render(turns)):
-        return None
-    return turns
+        return None, 0  # the raw chunk is kept: nothing of the loop reaches the result
+    return turns, cut
 
 
 def drifted(raw: str, clean: str) -> bool:
@@ -155,16 +199,16 @@ def _unwrap(text: str) -> str:
     return text
 
 
-def _parse_output(output: str, chunk: list[Turn]) -> list[Turn] | None:
+def _parse_output(output: str, chunk: list[Utterance]) -> list[Utterance] | None:
     """Turns of a labelled chunk, or None unless the same speakers come back in the same order."""
     lines = [line.strip() for line in output.splitlines() if line.strip()]
-    turns: list[Turn] = []
+    turns: list[Utterance] = []
     for line in lines:
         label, sep, text = line.partition(":")
         if sep and label.strip() in {t.speaker for t in chunk if t.speaker}:
-            turns.append(Turn(label.strip(), " ".join(text.split())))
+            turns.append(Utterance(label.strip(), " ".join(text.split())))
         elif turns:  # a turn the model wrapped onto two lines
-            turns[-1] = Turn(turns[-1].speaker, f"{turns[-1].text} {' '.join(line.split())}")
+            turns[-1] = Utterance(turns[-1].speaker, f"{turns[-1].text} {' '.join(line.split())}")
         else:
             return None
     if [t.speaker for t in turns] != [t.speaker for t in chunk]:

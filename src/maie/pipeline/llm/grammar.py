@@ -11,8 +11,12 @@ from __future__ import annotations
 import ctypes
 import json
 import math
+import re
 from functools import lru_cache
 from typing import Any
+
+from maie.templates.limits import MAX_GRAMMAR_CHARS
+from maie.templates.schema_bounds import GrammarTooLarge
 
 # A JSON string character: anything but a quote, a backslash or a control character, or an escape.
 JSON_CHAR_RULE = r'[^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F])'
@@ -58,9 +62,138 @@ def normalize_schema(schema: Any) -> Any:
 
 def schema_to_gbnf(schema: dict[str, Any]) -> str:
     """GBNF grammar whose sentences are exactly the JSON documents the schema describes (and parse
-    with ``json.loads`` in strict mode). Properties come out in the schema's order."""
+    with ``json.loads`` in strict mode). Properties come out in the schema's order.
+
+    Raises GrammarTooLarge when a cheap estimate says the grammar would be over
+    ``MAX_GRAMMAR_CHARS`` (before building anything: ``maxItems: 1e9`` once built 22 GB), or when the
+    built grammar is."""
+    estimate = estimate_gbnf_chars(schema)
+    if estimate > MAX_GRAMMAR_CHARS:
+        raise GrammarTooLarge(
+            f"its grammar would be about {estimate:,} characters, over the limit of "
+            f"{MAX_GRAMMAR_CHARS:,} (MAX_GRAMMAR_CHARS)"
+        )
     # Key order is kept in the cache key on purpose: it is the order the model writes fields in.
-    return _schema_to_gbnf_cached(json.dumps(schema, ensure_ascii=False))
+    gbnf = _schema_to_gbnf_cached(json.dumps(schema, ensure_ascii=False))
+    if len(gbnf) > MAX_GRAMMAR_CHARS:
+        raise GrammarTooLarge(
+            f"its grammar is {len(gbnf):,} characters, over the limit of {MAX_GRAMMAR_CHARS:,} (MAX_GRAMMAR_CHARS)"
+        )
+    return gbnf
+
+
+def fitted_form(schema: dict[str, Any]) -> dict[str, Any]:
+    """The largest schema ``fit_schema`` can hand the decoder: defaults added, nothing scaled down.
+    Its grammar bounds every grammar a summary builds from ``schema``."""
+    fitted: dict[str, Any] = _with_defaults(normalize_schema(schema))
+    return fitted
+
+
+_PRIMITIVE_CHARS = 4_000
+"""The converter's fixed rules (value, object, string, number, date...) all together, with room."""
+_QUANTIFIER = re.compile(r"\{\s*(\d*)\s*(?:,\s*(\d*)\s*)?\}")
+
+
+def estimate_gbnf_chars(schema: Any) -> int:
+    """An upper bound, cheap to compute, on the length of ``schema_to_gbnf(schema)``.
+
+    Follows what llama-cpp-python's converter writes: one rule per schema object named by its path,
+    repetitions (``minItems``/``maxItems``, ``minLength``/``maxLength``, ``{m,n}`` in a pattern)
+    spelled out one reference per repetition, one rule per suffix of an object's optional
+    properties, and each distinct ``$ref`` target expanded once more under its own name. Every
+    walk is iterative, and a schema object is expanded at most a bounded number of times.
+    """
+    root = normalize_schema(schema)
+    total = _PRIMITIVE_CHARS
+    stack: list[tuple[Any, int]] = [(root, 4)]
+    expanded_refs: set[str] = set()
+    while stack:
+        node, name = stack.pop()
+        if not isinstance(node, dict):
+            continue
+        total += name + 24
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref not in expanded_refs:
+            expanded_refs.add(ref)
+            target = _local_target(root, ref)
+            if target is not None:
+                stack.append((target, len(ref.rsplit("/", 1)[-1]) + 2))
+        if "const" in node:
+            total += 4 * _json_chars(node["const"]) + 8
+        enum = node.get("enum")
+        if isinstance(enum, list):
+            total += sum(4 * _json_chars(v) + 4 for v in enum)
+        for key in ("items", "prefixItems"):
+            items = node.get(key)
+            if isinstance(items, dict):
+                total += (_count(node, "minItems", "maxItems") + 1) * (name + 30)
+                stack.append((items, name + 6))
+            elif isinstance(items, list):
+                total += len(items) * (name + 30)
+                stack.extend((item, name + 12) for item in items)
+        if "minLength" in node or "maxLength" in node:
+            total += (_count(node, "minLength", "maxLength") + 1) * 8
+        pattern = node.get("pattern")
+        if isinstance(pattern, str):
+            total += 4 * len(pattern) + 2 * name + 16
+            for low, high in _QUANTIFIER.findall(pattern):
+                times = max(int(low or 0), int(high or 0))
+                total += (times + 1) * (4 * len(pattern) + name + 16)
+        props = node.get("properties")
+        if isinstance(props, dict):
+            required = node.get("required")
+            optional = sum(1 for k in props if not (isinstance(required, list) and k in required))
+            longest = max((len(k) for k in props), default=0)
+            for key, sub in props.items():
+                total += 2 * name + 8 * len(key) + 48
+                stack.append((sub, name + len(key) + 1))
+            total += (optional + 1) ** 2 * (name + 4 * longest + 48)
+        extra = node.get("additionalProperties")
+        if isinstance(extra, dict):
+            total += 2 * name + 64
+            stack.append((extra, name + 18))
+        for key in ("anyOf", "oneOf", "allOf"):
+            alternatives = node.get(key)
+            if isinstance(alternatives, list):
+                total += len(alternatives) * (name + 16)
+                stack.extend((alt, name + 14) for alt in alternatives)
+        for key in ("$defs", "definitions"):
+            defs = node.get(key)
+            if isinstance(defs, dict):
+                stack.extend((sub, len(k) + 2) for k, sub in defs.items())
+        if total > 100 * MAX_GRAMMAR_CHARS:  # far over: no need to be exact
+            break
+    return total
+
+
+def _count(node: dict[str, Any], low_key: str, high_key: str) -> int:
+    low, high = node.get(low_key, 0), node.get(high_key)
+    values = [v for v in (low, high) if isinstance(v, int | float) and not isinstance(v, bool)]
+    return int(min(max(values, default=0), 10**12))
+
+
+def _json_chars(value: Any) -> int:
+    try:
+        return len(json.dumps(value, ensure_ascii=False))
+    except (TypeError, ValueError, RecursionError):
+        return 10**9
+
+
+def _local_target(root: Any, ref: str) -> Any:
+    if ref == "#":
+        return root
+    if not ref.startswith("#/"):
+        return None
+    target = root
+    for token in ref[2:].split("/"):
+        token = token.replace("~1", "/").replace("~0", "~")
+        if isinstance(target, dict) and token in target:
+            target = target[token]
+        elif isinstance(target, list) and token.isdigit() and int(token) < len(target):
+            target = target[int(token)]
+        else:
+            return None
+    return target
 
 
 @lru_cache(maxsize=64)
@@ -148,7 +281,8 @@ def fit_schema(schema: dict[str, Any], budget_chars: int) -> dict[str, Any]:
             low = mid
         else:
             high = mid
-    return _scaled(base, low)
+    scaled: dict[str, Any] = _scaled(base, low)
+    return scaled
 
 
 def _max_chars(s: Any) -> int:
@@ -168,12 +302,12 @@ def _max_chars(s: Any) -> int:
         return 3 + inner
     if t == "array":
         items = s.get("items", {})
-        n = s.get("maxItems", DEFAULT_MAX_ITEMS)
+        n = int(s.get("maxItems", DEFAULT_MAX_ITEMS))
         return 3 + n * (_max_chars(items) + 2)
     if t == "string":
         if s.get("format") in ("date", "time", "date-time"):
             return 40
-        return 3 + s.get("maxLength", DEFAULT_MAX_LENGTH)
+        return 3 + int(s.get("maxLength", DEFAULT_MAX_LENGTH))
     return _SCALAR_CHARS.get(str(t), DEFAULT_MAX_LENGTH)
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 
 from maie.errors import ErrorCode, MaieError
+from maie.pipeline.context import BudgetExceeded
 from maie.pipeline.llm.client import LlmReply, Message
 
 log = logging.getLogger(__name__)
@@ -103,9 +104,10 @@ class OpenAICompatClient:
         temperature: float,
         top_k: int | None,
         json_schema: dict[str, Any] | None,
+        deadline: float | None = None,
     ) -> LlmReply:
         started = time.perf_counter()
-        self._detect()
+        self._detect(deadline)
         body: dict[str, Any] = {
             "messages": messages,
             "max_tokens": max_tokens,
@@ -126,6 +128,7 @@ class OpenAICompatClient:
                 "/chat/completions",
                 json={**body, **forms[level]},
                 give_up=_refuses_form if has_next else None,
+                deadline=deadline,
             )
             if has_next and _refuses_form(response):
                 log.info(
@@ -175,13 +178,13 @@ class OpenAICompatClient:
         forms.append({"response_format": {"type": "json_object"}})
         return forms
 
-    def _detect(self) -> None:
+    def _detect(self, deadline: float | None = None) -> None:
         if self._detected:
             return
         with self._lock:
             if self._detected:
                 return
-            response = self._request("GET", "/models")
+            response = self._request("GET", "/models", deadline=deadline)
             entries: list[dict[str, Any]] = []
             if response.status_code == 200:
                 try:
@@ -207,21 +210,40 @@ class OpenAICompatClient:
         path: str,
         *,
         give_up: Callable[[httpx.Response], bool] | None = None,
+        deadline: float | None = None,
         **kwargs: Any,
     ) -> httpx.Response:
         """One request with retries on connection errors, 429 and 5xx (unless ``give_up`` says the
         answer is final). A read timeout is not retried: the server is up but slow, and asking
-        again would only add to its load."""
+        again would only add to its load. With a ``deadline`` no request or back-off runs past it:
+        the request's timeout is cut to the time left, and running out raises BudgetExceeded."""
         url = self._root + path
         last = ""
         last_response: httpx.Response | None = None
         for attempt in range(self._max_retries + 1):
             if attempt:
-                time.sleep(self._delay(attempt, last_response))
+                delay = self._delay(attempt, last_response)
+                if deadline is not None and time.monotonic() + delay >= deadline:
+                    raise BudgetExceeded
+                time.sleep(delay)
             last_response = None
+            limited = False
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise BudgetExceeded
+                configured = self._http.timeout.read
+                if configured is None or left < configured:
+                    limited = True
+                    kwargs["timeout"] = httpx.Timeout(left, connect=min(10.0, left))
             try:
                 response = self._http.request(method, url, **kwargs)
-            except httpx.ReadTimeout as exc:
+            except httpx.TimeoutException as exc:
+                if limited:
+                    raise BudgetExceeded from exc
+                if not isinstance(exc, httpx.ReadTimeout):
+                    last = f"{type(exc).__name__}: {exc}"
+                    continue
                 raise MaieError(
                     ErrorCode.LLM_UNAVAILABLE,
                     f"LLM server at {self.base_url} did not answer within the timeout",
@@ -243,8 +265,8 @@ class OpenAICompatClient:
         delay = self._backoff_s * 2 ** (attempt - 1)
         if response is not None and response.status_code == 429:
             with contextlib.suppress(ValueError):
-                delay = max(delay, float(response.headers.get("retry-after", "0")))
-        return min(delay, _MAX_RETRY_AFTER_S)
+                delay = max(delay, float(str(response.headers.get("retry-after", "0"))))
+        return float(min(delay, _MAX_RETRY_AFTER_S))
 
     def _reply(self, response: httpx.Response, started: float) -> LlmReply:
         try:

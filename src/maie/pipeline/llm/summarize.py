@@ -3,20 +3,29 @@
 An invalid reply (truncated, or failing the schema when the server could not constrain it) is
 retried with the validation error fed back. Transcripts longer than ``sum_chunk_chars`` are
 summarised map-reduce: each part into the template's schema, then the partial summaries into one.
+
+The valid summary is then checked: repetition loops are cut (loops.py), every leaf is matched
+against the transcript (grounding.py), and leaves not found there are flagged, dropped or make the
+summary fail, as ``sum_ungrounded`` says, with a ``SUMMARY_UNGROUNDED`` warning.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 
+from maie.config import LlmSettings
 from maie.errors import ErrorCode, MaieError, failures_as
 from maie.pipeline.context import LlmUsage, Summary, TaskContext
 from maie.pipeline.llm.client import LlmClient, Message, add_reply
 from maie.pipeline.llm.factory import StageParams, get_llm, report_progress, stage_params
 from maie.pipeline.llm.grammar import fit_schema
-from maie.pipeline.llm.text import Turn, chunk_turns, render, transcript_turns
-from maie.templates import PromptError, Template, TemplateStore, first_error
+from maie.pipeline.llm.grounding import Grounding, ground, units_from_ctx
+from maie.pipeline.llm.loops import cut_data
+from maie.pipeline.llm.text import Utterance, chunk_turns, render, transcript_turns
+from maie.schemas import TaskError, TaskStatus
+from maie.templates import ExampleMode, PromptError, Template, TemplateStore, first_error, placeholder_example
 
 SYSTEM_PROMPT = (
     "You turn transcripts into JSON. Reply with one JSON object that follows the given JSON Schema, "
@@ -43,7 +52,7 @@ def _summarize(ctx: TaskContext) -> Summary:
     settings = ctx.settings
     template_id = ctx.options.template_id or settings.default_template_id
     try:
-        template = TemplateStore.from_settings(settings).get(template_id)
+        template = TemplateStore.from_settings(settings).get_scoped(template_id, ctx.options.template_scope)
     except MaieError as exc:
         raise MaieError(ErrorCode.SUMMARY_FAILED, exc.message) from exc
     text = summary_source(ctx)
@@ -62,7 +71,9 @@ def _summarize(ctx: TaskContext) -> Summary:
         },
     )
     language = _language(ctx)
-    run = _Run(client, template, params, settings.llm.sum_max_attempts, usage, language)
+    example = example_mode(settings.llm, client)
+    usage.params["example"] = example
+    run = _Run(client, template, params, settings.llm.sum_max_attempts, usage, language, example, ctx.deadline)
 
     chunk_chars = settings.llm.sum_chunk_chars
     if len(text) <= chunk_chars:
@@ -77,8 +88,158 @@ def _summarize(ctx: TaskContext) -> Summary:
             partials.append(run.generate(render(chunk))[0])
         report_progress(ctx, "summary", 0.9)
         data, attempts = _reduce(run, partials, chunk_chars)
+    summary = check_summary(ctx, template, data)
     report_progress(ctx, "summary", 1.0)
-    return Summary(data=data, template_id=template.id, attempts=attempts, usage=usage)
+    summary.attempts, summary.usage = attempts, usage
+    return summary
+
+
+def example_mode(llm: LlmSettings, client: LlmClient) -> ExampleMode:
+    """The example the prompt shows: ``auto`` is none for the embedded model, which copies any
+    example it is shown (the template's, or the placeholder hints) as its answer, and the full
+    example for a server, where larger models follow it as a form."""
+    if llm.sum_example != "auto":
+        return llm.sum_example
+    return "full" if client.base_url else "none"
+
+
+def check_summary(ctx: TaskContext, template: Template, data: dict[str, Any]) -> Summary:
+    """Cut loops, ground every leaf in the transcript and apply ``sum_ungrounded``; warnings go to
+    ``ctx.warnings``. Raises MaieError(SUMMARY_FAILED) when the policy is ``fail`` and a leaf is
+    unsupported. The returned Summary's attempts and usage are for the caller to fill in."""
+    stage = TaskStatus.PROCESSING_LLM.value
+    cut, cuts = cut_data(data, template.schema, source=summary_source(ctx))
+    if cuts and first_error(template.schema, cut) is None:
+        data = cut
+        total = sum(c.repeats for c in cuts)
+        where = ", ".join(f"{c.path} ({c.repeats})" for c in cuts)
+        ctx.warnings.append(
+            TaskError(
+                code=ErrorCode.LLM_LOOP_CUT.value,
+                message=f"the summary repeated itself: {total} repeated sentences, phrases or list items "
+                f"cut at {where}",
+                stage=stage,
+            )
+        )
+    else:
+        cuts = []
+    units = units_from_ctx(ctx)
+    examples = [template.example, placeholder_example(template.schema)]
+    grounding = ground(data, units, schema=template.schema, examples=examples)
+    policy = ctx.settings.llm.sum_ungrounded
+    dropped: list[str] = []
+    found = grounding
+    if grounding.unsupported:
+        if policy == "fail":
+            raise MaieError(
+                ErrorCode.SUMMARY_FAILED,
+                f"summary withheld: {_counts(grounding)} (MAIE_LLM__SUM_UNGROUNDED=fail)",
+            )
+        if policy == "drop":
+            kept, dropped = drop_unsupported(data, template.schema, grounding.unsupported)
+            if first_error(template.schema, kept) is None:
+                data = kept
+                grounding = ground(data, units, schema=template.schema, examples=examples)
+            else:  # cannot happen by construction; never return an invalid summary
+                dropped = []
+        action = (
+            f"{len(dropped)} removed, {len(grounding.unsupported)} kept and marked unsupported"
+            if policy == "drop"
+            else "kept and marked unsupported in summary_evidence"
+        )
+        ctx.warnings.append(
+            TaskError(
+                code=ErrorCode.SUMMARY_UNGROUNDED.value,
+                message=f"{_counts(found)}: {action}",
+                stage=stage,
+            )
+        )
+    summary_grounding = {**grounding.summary(), "policy": policy}
+    if policy == "drop":
+        summary_grounding["dropped"] = dropped
+    return Summary(
+        data=data,
+        template_id=template.id,
+        attempts=0,
+        usage=LlmUsage("", None),
+        evidence=[e.model_dump() for e in grounding.evidence],
+        grounding=summary_grounding,
+        loops_cut=sum(c.repeats for c in cuts),
+    )
+
+
+def _counts(g: Grounding) -> str:
+    copied = len([p for p in g.copied if p in set(g.unsupported)])
+    copies = f", {copied} copied from the template's example" if copied else ""
+    shown = ", ".join(g.unsupported[:8]) + (", ..." if len(g.unsupported) > 8 else "")
+    return (
+        f"{len(g.unsupported)} of {g.total} summary items not found in the transcript{copies} "
+        f"(supported ratio {g.ratio:.2f}; {shown})"
+    )
+
+
+def drop_unsupported(
+    data: dict[str, Any], schema: dict[str, Any], paths: list[str]
+) -> tuple[dict[str, Any], list[str]]:
+    """A copy of ``data`` without the unsupported leaves, as far as the schema permits (see
+    ``LlmSettings.sum_ungrounded``), and the pointers of what was removed or nulled."""
+    data = copy.deepcopy(data)
+    done: list[str] = []
+    gone: list[list[str]] = []
+    # Last first: removing a list item shifts only the items after it, which are done already.
+    for pointer in reversed(paths):
+        parts = _parse_pointer(pointer)
+        if any(parts[: len(g)] == g for g in gone):
+            continue  # inside something already removed
+        for depth in range(len(parts), 0, -1):
+            target = parts[:depth]
+            parent, parent_schema = _resolve(data, schema, target[:-1])
+            if isinstance(parent, list):
+                index = int(target[-1])
+                if len(parent) - 1 < int(parent_schema.get("minItems", 0)):
+                    continue
+                del parent[index]
+            elif isinstance(parent, dict):
+                key = target[-1]
+                if key in parent_schema.get("required", []):
+                    if depth == len(parts) and _nullable(_resolve(data, schema, target)[1]):
+                        parent[key] = None
+                        done.append(pointer)
+                        break
+                    continue
+                del parent[key]
+            else:
+                break
+            gone.append(target)
+            done.append(pointer)
+            break
+    return data, sorted(done, key=paths.index)
+
+
+def _parse_pointer(pointer: str) -> list[str]:
+    return [raw.replace("~1", "/").replace("~0", "~") for raw in pointer.split("/")[1:]]
+
+
+def _resolve(data: Any, schema: dict[str, Any], parts: list[str]) -> tuple[Any, dict[str, Any]]:
+    """The value at ``parts`` and its schema (``{}`` where the schema says nothing)."""
+    for p in parts:
+        if isinstance(data, list):
+            data = data[int(p)]
+            items = schema.get("items", {})
+            schema = items if isinstance(items, dict) else {}
+        else:
+            data = data[p]
+            props = schema.get("properties", {})
+            schema = props.get(p, {}) if isinstance(props, dict) else {}
+        schema = schema if isinstance(schema, dict) else {}
+    return data, schema
+
+
+def _nullable(schema: dict[str, Any]) -> bool:
+    kind = schema.get("type")
+    if kind == "null" or (isinstance(kind, list) and "null" in kind):
+        return True
+    return any(isinstance(s, dict) and s.get("type") == "null" for s in schema.get("anyOf", []))
 
 
 def summary_source(ctx: TaskContext) -> str:
@@ -88,7 +249,7 @@ def summary_source(ctx: TaskContext) -> str:
     return render(transcript_turns(ctx))
 
 
-def _turns_for(ctx: TaskContext, text: str) -> list[Turn]:
+def _turns_for(ctx: TaskContext, text: str) -> list[Utterance]:
     if ctx.enhancement is not None and ctx.enhancement.text.strip():
         from maie.pipeline.llm.text import parse_text
 
@@ -132,7 +293,11 @@ class _Run:
         max_attempts: int,
         usage: LlmUsage,
         language: str | None,
+        example: ExampleMode = "full",
+        deadline: float | None = None,
     ) -> None:
+        self.example = example
+        self.deadline = deadline
         self.client = client
         self.template = template
         self.params = params
@@ -142,7 +307,7 @@ class _Run:
 
     def generate(self, transcript: str) -> tuple[dict[str, Any], int]:
         try:
-            prompt = self.template.render(transcript, self.language)
+            prompt = self.template.render(transcript, self.language, self.example)
         except PromptError as exc:
             raise MaieError(ErrorCode.SUMMARY_FAILED, f"template {self.template.id!r}: {exc}") from exc
         base: list[Message] = [
@@ -159,6 +324,7 @@ class _Run:
                 temperature=self.params.temperature,
                 top_k=self.params.top_k,
                 json_schema=fit_schema(self.template.schema, int(self.params.max_tokens * ratio)),
+                deadline=self.deadline,
             )
             add_reply(self.usage, reply)
             data, error = self._check(reply.text, reply.finish_reason)

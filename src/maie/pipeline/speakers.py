@@ -2,8 +2,8 @@
 
 Backends, in order of preference:
 
-- ``channel``: ``options.diarize_by_channel`` on a recording with two or more channels; each
-  channel is one speaker (see ``diarization.channels``).
+- ``channel``: ``options.diarize_by_channel`` on a recording with two or more channels (at most
+  ``settings.diarization.max_channels``); each channel is one speaker (see ``diarization.channels``).
 - ``pyannote``: when ``settings.diarization.pyannote_path`` names a local pipeline.
 - ``resemblyzer``: the built-in offline default (the ``maie[diarization]`` extra): Resemblyzer
   speaker embeddings of 1.5 s windows every 0.75 s over the speech, the speaker count estimated
@@ -20,9 +20,9 @@ import time
 from collections.abc import Callable
 
 from maie.errors import ErrorCode, MaieError
-from maie.pipeline.context import SAMPLE_RATE, Cancelled, Diarization, TaskContext
+from maie.pipeline.context import SAMPLE_RATE, Cancelled, Diarization, LabelledSpan, TaskContext
 from maie.pipeline.diarization.assign import assign_speakers, attributed_text, speaker_stats
-from maie.pipeline.diarization.turns import Turn, name_speakers
+from maie.pipeline.diarization.turns import name_speakers
 from maie.schemas import TaskStatus
 
 __all__ = ["assign_speakers", "attributed_text", "diarize", "speaker_stats"]
@@ -58,17 +58,17 @@ def diarize(ctx: TaskContext) -> Diarization:
     )
 
 
-def _run(ctx: TaskContext) -> tuple[str, list[tuple[float, float, int | str]]]:
+def _run(ctx: TaskContext) -> tuple[str, list[LabelledSpan]]:
     audio = ctx.audio
     assert audio is not None
     settings = ctx.settings.diarization
-    if ctx.options.diarize_by_channel and audio.channels is not None and len(audio.channels) >= 2:
+    features = audio.channel_features
+    if ctx.options.diarize_by_channel and features is not None and features.channels >= 2:
         from maie.pipeline.diarization.channels import channel_turns
 
         return "channel", list(
             channel_turns(
-                audio.channels,
-                mode=settings.vad_mode,
+                features,
                 floor_db=settings.energy_floor_db,
                 dominance_db=settings.channel_dominance_db,
                 min_gap_s=settings.min_gap_s,
@@ -79,15 +79,15 @@ def _run(ctx: TaskContext) -> tuple[str, list[tuple[float, float, int | str]]]:
     return "resemblyzer", list(_resemblyzer(ctx))
 
 
-def _pyannote(ctx: TaskContext) -> list[Turn]:
+def _pyannote(ctx: TaskContext) -> list[LabelledSpan]:
     from maie.pipeline.diarization.embedding import resolve_device
     from maie.pipeline.diarization.pyannote_backend import PYANNOTE_KIND, load_pipeline, pyannote_turns
 
     settings = ctx.settings.diarization
     path = settings.pyannote_path
     assert path is not None
-    device = resolve_device(settings.device)
-    pipeline = ctx.models.get((PYANNOTE_KIND, path, device), lambda: load_pipeline(path, device))
+    device = settings.device
+    pipeline = ctx.model((PYANNOTE_KIND, path, device), lambda: load_pipeline(path, resolve_device(device)))
     ctx.report(TaskStatus.DIARIZING, 0.1)
     assert ctx.audio is not None
     return pyannote_turns(
@@ -111,11 +111,19 @@ def _resemblyzer(ctx: TaskContext) -> list[tuple[float, float, int]]:
     settings = ctx.settings.diarization
     assert ctx.audio is not None
     samples = ctx.audio.samples
-    try:
-        device = resolve_device(settings.device)
-    except ImportError as exc:
-        raise MaieError(ErrorCode.DIARIZATION_FAILED, f"speaker diarization needs torch ({exc}); {EXTRA_HINT}") from exc
-    encoder = ctx.models.get((ENCODER_KIND, device), lambda: load_encoder(device))
+
+    def load() -> object:
+        # Inside the load: importing torch for the device check takes seconds on a busy machine, and
+        # only the load can be waited for with the deadline.
+        try:
+            device = resolve_device(settings.device)
+        except ImportError as exc:
+            raise MaieError(
+                ErrorCode.DIARIZATION_FAILED, f"speaker diarization needs torch ({exc}); {EXTRA_HINT}"
+            ) from exc
+        return load_encoder(device)
+
+    encoder = ctx.model((ENCODER_KIND, settings.device), load)
 
     mask, energy_db = speech_frames(samples, mode=settings.vad_mode, floor_db=settings.energy_floor_db)
     regions = frames_to_regions(mask, settings.min_gap_s)
@@ -134,6 +142,7 @@ def _resemblyzer(ctx: TaskContext) -> list[tuple[float, float, int]]:
         batch_size=settings.batch_size,
         cpu_threads=settings.cpu_threads,
         on_progress=_throttled(ctx, 0.05, 0.85),
+        checkpoint=ctx.check_deadline,
     )
     if len(windows) == 0:
         return []
@@ -150,6 +159,7 @@ def _resemblyzer(ctx: TaskContext) -> list[tuple[float, float, int]]:
             overlap_s=settings.window_s + 0.1,  # windows closer than this share audio
         ),
         max_spectral_size=settings.max_spectral_size,
+        checkpoint=ctx.check_deadline,  # spectral runs take seconds on long audio at a fine step
     )
     ctx.report(TaskStatus.DIARIZING, 0.95)
     log.debug("diarized %.1f s: %d windows, %d speakers", len(samples) / SAMPLE_RATE, len(windows), labels.max() + 1)
@@ -162,6 +172,7 @@ def _throttled(ctx: TaskContext, low: float, high: float, step: float = 0.02) ->
     last = [-1.0]
 
     def report(fraction: float) -> None:
+        ctx.check_deadline()  # every region, not only when a report is due (and every window: checkpoint)
         value = low + (high - low) * fraction
         if value - last[0] >= step or fraction >= 1.0:
             last[0] = value
