@@ -109,10 +109,18 @@ def serve(
     embedded = None
     if not settings.redis_url:
         embedded = EmbeddedRedis(settings.data_dir)
-        settings.redis_url = embedded.start()
-        embedded.watch()
+        settings.redis_url = embedded.launch()
+    # Workers start while the embedded Redis starts: they load their models first, then connect.
     supervisor = WorkerSupervisor(workers, worker_env(settings, workers, os.environ))
     supervisor.start()
+    if embedded:
+        try:
+            embedded.wait_ready()
+        except Exception:
+            supervisor.stop()
+            embedded.stop()
+            raise
+        embedded.watch()
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     typer.echo(f"MAIE is up on http://{shown_host}:{port}  (web UI at /, API docs at /docs)")
     if generated:

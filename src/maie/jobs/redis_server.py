@@ -156,6 +156,13 @@ class EmbeddedRedis:
         return "\n".join(lines) + "\n"
 
     def start(self, timeout_s: float = 10.0) -> str:
+        """Launch redis-server and wait until it answers; its URL."""
+        self.launch()
+        return self.wait_ready(timeout_s)
+
+    def launch(self) -> str:
+        """Start redis-server without waiting for it; its URL. ``maie serve`` starts the workers (and
+        their model loads) in the meantime: a worker connects with retries."""
         _private_dir(self.dir)
         _private_dir(self.socket_path.parent)
         self.password = ensure_password(self.dir)
@@ -169,6 +176,11 @@ class EmbeddedRedis:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
+        return self.url
+
+    def wait_ready(self, timeout_s: float = 10.0) -> str:
+        """Wait until the launched redis-server answers PING (AOF replayed); its URL."""
+        assert self.proc is not None, "launch() first"
         client = redis.Redis(unix_socket_path=str(self.socket_path), password=self.password, socket_connect_timeout=0.5)
         deadline = time.monotonic() + timeout_s
         try:

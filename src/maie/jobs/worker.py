@@ -47,12 +47,25 @@ def live_workers(client: redis.Redis) -> list[dict[str, Any]]:
 
 
 def warm_up(runtime: WorkerRuntime) -> None:
-    """Load the default ASR model before the first job, so the first upload is not the slow one."""
-    from maie.pipeline.asr.whisper import get_model, resolve_spec
+    """Load the default ASR model and VAD before the first job, and run each once on a second of
+    silence (their first call allocates what later calls reuse), so the first upload is not the slow
+    one. Needs no Redis: ``run_worker`` does this while an embedded Redis is still starting."""
+    import numpy as np
+    from faster_whisper.vad import VadOptions, get_speech_timestamps, get_vad_model
 
+    from maie.pipeline.asr.whisper import get_model, resolve_spec
+    from maie.pipeline.context import SAMPLE_RATE
+    from maie.pipeline.vad import VAD_MODEL_KEY
+
+    silence = np.zeros(SAMPLE_RATE, dtype=np.float32)
+    if runtime.settings.vad.enabled:
+        runtime.models.get(VAD_MODEL_KEY, get_vad_model)
+        get_speech_timestamps(silence, VadOptions())
     try:
         spec = resolve_spec(runtime.settings)
-        get_model(runtime.models, spec)
+        model = get_model(runtime.models, spec)
+        segments, _ = model.model.transcribe(silence, beam_size=1, language="en", vad_filter=False)
+        list(segments)
     except Exception as exc:
         log.warning("could not preload the ASR model: %s", exc)
         return
@@ -122,6 +135,24 @@ class Heartbeat(threading.Thread):
             self.stopped.wait(self.interval_s)
 
 
+REDIS_WAIT_S = 30.0
+"""How long a starting worker waits for Redis to answer before it gives up (``maie serve`` starts
+workers and the embedded Redis at once; its supervisor restarts a worker that gave up)."""
+
+
+def wait_for_redis(client: redis.Redis, timeout_s: float) -> None:
+    """Until Redis answers PING (loading its AOF counts as not yet); ConnectionError after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if client.ping():
+                return
+        except (redis.ConnectionError, redis.BusyLoadingError):
+            if time.monotonic() >= deadline:
+                raise
+        time.sleep(0.02)
+
+
 def run_worker(settings: Settings, *, burst: bool = False, name: str | None = None) -> None:
     if not settings.redis_url:
         raise SystemExit("maie worker needs MAIE_REDIS_URL (maie serve starts its own workers)")
@@ -129,10 +160,11 @@ def run_worker(settings: Settings, *, burst: bool = False, name: str | None = No
     name = name or f"maie-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     runtime = WorkerRuntime(settings=settings, store=TaskStore(client), models=ModelRegistry(), name=name)
     set_runtime(runtime)
+    warm_up(runtime)  # before Redis: models load while an embedded Redis starts beside them
+    wait_for_redis(client, REDIS_WAIT_S)
     heartbeat = Heartbeat(runtime, name, settings.worker_heartbeat_s)
     heartbeat.beat()
     heartbeat.start()
-    warm_up(runtime)
     log.info("worker %s ready on %s", name, settings.redis_url.split("@")[-1])
     # MaieWorker is a SimpleWorker: jobs run in this process (no fork per job), which keeps models warm.
     worker = MaieWorker(worker_queues(client), connection=client, name=name)
