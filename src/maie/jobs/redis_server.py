@@ -26,6 +26,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -115,6 +116,21 @@ def unix_url(socket_path: Path, password: str, db: int = 0) -> str:
     return f"unix://:{password}@{socket_path}?db={db}"
 
 
+def answers_within(client: redis.Redis, timeout_s: float, alive: Callable[[], None] = lambda: None) -> bool:
+    """Whether Redis answers PING within ``timeout_s``, asking again every 50 ms. Loading its AOF
+    counts as not yet (PING answers LOADING until the replay is done). ``alive`` may raise to stop
+    waiting early (the server process is gone)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        alive()
+        try:
+            if client.ping():
+                return True
+        except (redis.ConnectionError, redis.BusyLoadingError):
+            time.sleep(0.05)
+    return False
+
+
 class EmbeddedRedis:
     """Starts redis-server on a private unix socket with AOF under ``<data_dir>/redis``; stops it on close."""
 
@@ -182,18 +198,16 @@ class EmbeddedRedis:
         """Wait until the launched redis-server answers PING (AOF replayed); its URL."""
         assert self.proc is not None, "launch() first"
         client = redis.Redis(unix_socket_path=str(self.socket_path), password=self.password, socket_connect_timeout=0.5)
-        deadline = time.monotonic() + timeout_s
+        proc = self.proc
+
+        def alive() -> None:
+            if proc.poll() is not None:
+                raise RuntimeError(f"embedded redis exited with {proc.returncode}; see {self.dir}/redis.log")
+
         try:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"embedded redis exited with {self.proc.returncode}; see {self.dir}/redis.log")
-                try:
-                    # AOF replay can take a moment: ping answers LOADING until it is done.
-                    if client.ping():
-                        log.info("embedded redis on unix socket %s (AOF in %s)", self.socket_path, self.dir)
-                        return self.url
-                except (redis.ConnectionError, redis.BusyLoadingError):
-                    time.sleep(0.05)
+            if answers_within(client, timeout_s, alive):
+                log.info("embedded redis on unix socket %s (AOF in %s)", self.socket_path, self.dir)
+                return self.url
         finally:
             client.close()
         self._terminate()  # not stop(): the watch loop must still try again later

@@ -17,6 +17,7 @@ from rq.timeouts import UnixSignalDeathPenalty
 
 from maie.config import Settings
 from maie.jobs.queue import connect, worker_queues
+from maie.jobs.redis_server import answers_within
 from maie.jobs.store import PREFIX, TaskStore, lease_key
 from maie.jobs.tasks import WorkerRuntime, set_runtime
 from maie.pipeline.context import BudgetExceeded
@@ -58,16 +59,16 @@ def warm_up(runtime: WorkerRuntime) -> None:
     from maie.pipeline.vad import VAD_MODEL_KEY
 
     silence = np.zeros(SAMPLE_RATE, dtype=np.float32)
-    if runtime.settings.vad.enabled:
-        runtime.models.get(VAD_MODEL_KEY, get_vad_model)
-        get_speech_timestamps(silence, VadOptions())
     try:
+        if runtime.settings.vad.enabled:
+            runtime.models.get(VAD_MODEL_KEY, get_vad_model)
+            get_speech_timestamps(silence, VadOptions())
         spec = resolve_spec(runtime.settings)
         model = get_model(runtime.models, spec)
         segments, _ = model.model.transcribe(silence, beam_size=1, language="en", vad_filter=False)
         list(segments)
     except Exception as exc:
-        log.warning("could not preload the ASR model: %s", exc)
+        log.warning("could not preload the VAD or ASR model: %s", exc)
         return
     if spec.device == "cpu":
         log.info(
@@ -140,19 +141,6 @@ REDIS_WAIT_S = 30.0
 workers and the embedded Redis at once; its supervisor restarts a worker that gave up)."""
 
 
-def wait_for_redis(client: redis.Redis, timeout_s: float) -> None:
-    """Until Redis answers PING (loading its AOF counts as not yet); ConnectionError after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if client.ping():
-                return
-        except (redis.ConnectionError, redis.BusyLoadingError):
-            if time.monotonic() >= deadline:
-                raise
-        time.sleep(0.02)
-
-
 def run_worker(settings: Settings, *, burst: bool = False, name: str | None = None) -> None:
     if not settings.redis_url:
         raise SystemExit("maie worker needs MAIE_REDIS_URL (maie serve starts its own workers)")
@@ -161,7 +149,9 @@ def run_worker(settings: Settings, *, burst: bool = False, name: str | None = No
     runtime = WorkerRuntime(settings=settings, store=TaskStore(client), models=ModelRegistry(), name=name)
     set_runtime(runtime)
     warm_up(runtime)  # before Redis: models load while an embedded Redis starts beside them
-    wait_for_redis(client, REDIS_WAIT_S)
+    if not answers_within(client, REDIS_WAIT_S):
+        # One line, not redis-py's traceback (``maie serve``'s supervisor starts the worker again).
+        raise SystemExit(f"worker {name}: Redis did not answer within {REDIS_WAIT_S:.0f}s")
     heartbeat = Heartbeat(runtime, name, settings.worker_heartbeat_s)
     heartbeat.beat()
     heartbeat.start()
