@@ -342,6 +342,19 @@ class Settings(BaseSettings):
             return [k.strip() for k in value.split(",") if k.strip()]
         return value
 
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_notation(cls, value: str) -> str:
+        from limits import parse  # only here: config must stay cheap to import
+
+        try:
+            item = parse(value)
+        except ValueError:
+            raise ValueError("must be a count per period, e.g. 120/minute or 10 per second") from None
+        if item.amount < 1:
+            raise ValueError("must allow at least 1 request")
+        return value
+
     @field_validator("storage_url")
     @classmethod
     def _storage_scheme(cls, value: str | None) -> str | None:

@@ -16,7 +16,6 @@ from maie.api.auth import configured_keys
 from maie.api.errors import install_error_handlers
 from maie.api.events import EventHub
 from maie.api.metrics import install_metrics
-from maie.api.ratelimit import RateLimiter
 from maie.api.routers import health, models, openai, process, tasks, templates
 from maie.api.webhook_delivery import run_deliverer
 from maie.config import Settings, get_settings
@@ -70,7 +69,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.store = TaskStore(app.state.redis)
     app.state.queue = get_queue(app.state.redis)
     app.state.templates = TemplateStore.from_settings(settings)
-    app.state.rate_limiter = RateLimiter(settings.redis_url, settings.rate_limit)
     install_error_handlers(app)
     install_metrics(app)
     app.add_middleware(CorrelationMiddleware)

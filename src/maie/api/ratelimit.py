@@ -1,62 +1,59 @@
-"""Per-key rate limit on submissions (``MAIE_RATE_LIMIT``), shared by every API process through Redis."""
+"""Per-key rate limit on submissions (``MAIE_RATE_LIMIT``), shared by every API process through Redis.
+
+A moving window: a key may make ``amount`` submissions in any ``window_s`` seconds. The count lives in
+Redis (a sorted set of hit times per key) and is checked and taken inside the admission script
+(``maie.api.submission.reserve``), so a submission pays one round trip for the rate limit and its
+queue slot together, and a refusal costs exactly that one.
+"""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import time
-from typing import Annotated
+from dataclasses import dataclass
 
-from fastapi import Depends, Request, Response
 from limits import parse
-from limits.storage import RedisStorage
-from limits.strategies import MovingWindowRateLimiter
 
-from maie.api.deps import CallerDep
 from maie.errors import ErrorCode, MaieError
-from maie.jobs.queue import LIMITS_POOL_SIZE, connect
+from maie.jobs.store import PREFIX
 
 
-def limits_url(redis_url: str) -> str:
-    """The same Redis for ``limits``: it spells unix sockets ``redis+unix://`` (and hands the rest,
-    password and ``?db=`` included, to redis-py); ``redis://`` and ``rediss://`` pass through."""
-    if redis_url.startswith("unix://"):
-        return "redis+unix://" + redis_url.removeprefix("unix://")
-    return redis_url
+@dataclass(frozen=True)
+class RateLimit:
+    amount: int
+    window_s: int
 
+    @classmethod
+    def from_setting(cls, text: str) -> RateLimit:
+        """``limits`` notation, e.g. ``120/minute`` or ``10 per second`` (checked when settings load)."""
+        return _parsed(text)
 
-class RateLimiter:
-    def __init__(self, redis_url: str, limit: str) -> None:
-        self.item = parse(limit)
-        # A blocking pool: past its size a burst of submissions waits for a connection (limits' own
-        # pool raises "Too many connections", which answered 503 to a burst of 100 uploads).
-        pool = connect(redis_url, max_connections=LIMITS_POOL_SIZE).connection_pool
-        self.limiter = MovingWindowRateLimiter(RedisStorage(limits_url(redis_url), connection_pool=pool))
-
-    def check(self, key_name: str) -> dict[str, str]:
-        """Counts one submission for the key ``key_name``; raises RATE_LIMITED when over. Returns
-        RateLimit-* headers."""
-        ident = hashlib.sha256(key_name.encode()).hexdigest()[:16]
-        allowed = self.limiter.hit(self.item, "submit", ident)
-        stats = self.limiter.get_window_stats(self.item, "submit", ident)
-        reset = max(0, math.ceil(stats.reset_time - time.time()))
-        headers = {
-            "RateLimit-Limit": str(self.item.amount),
-            "RateLimit-Remaining": str(max(0, stats.remaining)),
-            "RateLimit-Reset": str(reset),
+    def headers(self, remaining: int, reset_at: float) -> dict[str, str]:
+        """RateLimit-* headers: the limit, what is left of it, and seconds until the oldest hit expires."""
+        return {
+            "RateLimit-Limit": str(self.amount),
+            "RateLimit-Remaining": str(max(0, remaining)),
+            "RateLimit-Reset": str(max(0, math.ceil(reset_at - time.time()))),
         }
-        if not allowed:
-            raise MaieError(
-                ErrorCode.RATE_LIMITED,
-                f"rate limit {self.item.amount} per {self.item.get_expiry()}s exceeded; retry in {reset}s",
-                headers={**headers, "Retry-After": str(max(1, reset))},
-            )
-        return headers
+
+    def refusal(self, reset_at: float) -> MaieError:
+        headers = self.headers(0, reset_at)
+        reset = headers["RateLimit-Reset"]
+        return MaieError(
+            ErrorCode.RATE_LIMITED,
+            f"rate limit {self.amount} per {self.window_s}s exceeded; retry in {reset}s",
+            headers={**headers, "Retry-After": str(max(1, int(reset)))},
+        )
 
 
-def rate_limit(request: Request, response: Response, caller: CallerDep) -> None:
-    headers = request.app.state.rate_limiter.check(caller.name)
-    response.headers.update(headers)
+@functools.lru_cache(maxsize=8)
+def _parsed(text: str) -> RateLimit:
+    item = parse(text)
+    return RateLimit(amount=item.amount, window_s=item.get_expiry())
 
 
-RateLimitDep = Annotated[None, Depends(rate_limit)]
+def rate_key(owner: str) -> str:
+    """One key's hit times (names are hashed: a key's name never appears in a Redis key)."""
+    return f"{PREFIX}:rate:{hashlib.sha256(owner.encode()).hexdigest()[:16]}"

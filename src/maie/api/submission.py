@@ -11,6 +11,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, cast
@@ -22,6 +23,7 @@ from rq.registry import StartedJobRegistry
 from starlette.requests import Request
 
 from maie.api.audit import audit
+from maie.api.ratelimit import RateLimit, rate_key
 from maie.api.uploads import check_content_length, receive_form
 from maie.api.webhook_targets import check_destination
 from maie.config import Settings
@@ -45,12 +47,26 @@ def load_key(owner: str) -> str:
     return f"{PREFIX}:load-of:{owner}"
 
 
-# Check and reserve in one step, so concurrent uploads cannot all pass the check, and in one round trip.
-# Returns {0, n} admitted, {1, depth} queue full, {2, count} the key's share is used up.
+# The whole admission in one script, so concurrent uploads cannot all pass the checks, and one round trip:
+# the key's rate limit (a moving window of hit times), then its share of the queue, then the queue depth.
+# Returns {verdict, rate hits left, rate window reset time (a string: Lua numbers become integers)}:
+# verdict 0 admitted, 1 queue full (count = depth), 2 the key's share is used up, 3 rate limited.
 _ADMIT = """
 local now = tonumber(ARGV[2])
 local max_age = tonumber(ARGV[3])
 local n_lists = tonumber(ARGV[7])
+local rate_amount = tonumber(ARGV[8])
+local rate_window = tonumber(ARGV[9])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - rate_window)
+local hits = redis.call('ZCARD', KEYS[3])
+if hits >= rate_amount then
+  local oldest = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')[2]
+  return {3, 0, tostring(tonumber(oldest) + rate_window)}
+end
+redis.call('ZADD', KEYS[3], now, ARGV[1])
+redis.call('EXPIRE', KEYS[3], math.ceil(rate_window) + 1)
+local left = rate_amount - hits - 1
+local reset = tostring(tonumber(redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')[2]) + rate_window)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, now - max_age)
 local members = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
 local count = 0
@@ -65,16 +81,16 @@ for i = 1, #members, 2 do
   end
   if keep then count = count + 1 else redis.call('ZREM', KEYS[2], member) end
 end
-if count >= tonumber(ARGV[5]) then return {2, count} end
+if count >= tonumber(ARGV[5]) then return {2, left, reset} end
 local depth = redis.call('ZCARD', KEYS[1])
-for i = 3, #KEYS do
-  if i - 2 <= n_lists then depth = depth + redis.call('LLEN', KEYS[i])
+for i = 4, #KEYS do
+  if i - 3 <= n_lists then depth = depth + redis.call('LLEN', KEYS[i])
   else depth = depth + redis.call('ZCARD', KEYS[i]) end
 end
-if depth >= tonumber(ARGV[4]) then return {1, depth} end
+if depth >= tonumber(ARGV[4]) then return {1, left, reset} end
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 redis.call('ZADD', KEYS[2], now, ARGV[1])
-return {0, depth}
+return {0, left, reset}
 """
 
 
@@ -83,15 +99,17 @@ def _queue_keys(queue: Queue) -> tuple[list[str], list[str]]:
     return [q.key for q in queues], [StartedJobRegistry(queue=q).key for q in queues]
 
 
-def reserve(queue: Queue, settings: Settings, owner: str, reservation: str) -> None:
-    """Take a slot for ``reservation`` (the future task id) or refuse with 429 QUEUE_FULL: the whole queue
-    (queued + running + uploads in flight) is at MAIE_MAX_QUEUE_DEPTH, or this key holds its share
-    (MAIE_MAX_QUEUE_DEPTH_PER_KEY). Release with ``release`` (failed) or ``admitted`` (submitted)."""
+def reserve(queue: Queue, settings: Settings, owner: str, reservation: str) -> dict[str, str]:
+    """Count a submission against the key's rate limit and take a queue slot for ``reservation`` (the
+    future task id), in one round trip. Returns the RateLimit-* headers. Refuses with 429 RATE_LIMITED
+    (MAIE_RATE_LIMIT), or QUEUE_FULL: the whole queue (queued + running + uploads in flight) is at
+    MAIE_MAX_QUEUE_DEPTH, or this key holds its share (MAIE_MAX_QUEUE_DEPTH_PER_KEY). Release with
+    ``release`` (failed) or submit with ``submit`` (which ends the reservation)."""
     r = queue.connection
+    rate = RateLimit.from_setting(settings.rate_limit)
     lists, registries = _queue_keys(queue)
-    script = r.register_script(_ADMIT)
-    verdict, _count = script(
-        keys=[RESERVATIONS_KEY, load_key(owner), *lists, *registries],
+    verdict, left, reset_at = r.register_script(_ADMIT)(
+        keys=[RESERVATIONS_KEY, load_key(owner), rate_key(owner), *lists, *registries],
         args=[
             reservation,
             time.time(),
@@ -100,21 +118,27 @@ def reserve(queue: Queue, settings: Settings, owner: str, reservation: str) -> N
             settings.queue_share_per_key,
             task_key(""),
             len(lists),
+            rate.amount,
+            rate.window_s,
         ],
     )
+    if verdict == 3:
+        raise rate.refusal(float(reset_at))
+    headers = rate.headers(int(left), float(reset_at))
     if verdict == 1:
         raise MaieError(
             ErrorCode.QUEUE_FULL,
             f"the queue is full ({settings.max_queue_depth} tasks); retry later",
-            headers={"Retry-After": "30"},
+            headers={**headers, "Retry-After": "30"},
         )
     if verdict == 2:
         raise MaieError(
             ErrorCode.QUEUE_FULL,
             f"this key holds its share of the queue ({settings.queue_share_per_key} tasks and uploads in "
             "flight); retry when one of them has finished",
-            headers={"Retry-After": "30"},
+            headers={**headers, "Retry-After": "30"},
         )
+    return headers
 
 
 def release(queue: Queue, owner: str, reservation: str) -> None:
@@ -125,12 +149,15 @@ def release(queue: Queue, owner: str, reservation: str) -> None:
     pipe.execute()
 
 
-def admitted(queue: Queue, owner: str, task_id: str) -> None:
-    """The task is queued: it now counts in the queue itself, and against its key until it finishes."""
-    pipe = queue.connection.pipeline(transaction=False)
-    pipe.zrem(RESERVATIONS_KEY, task_id)
-    pipe.zadd(load_key(owner), {task_id: -time.time()})
-    pipe.execute()
+@dataclass(frozen=True)
+class Upload:
+    """An accepted upload: its task, the options it was queued with, the declared duration, and the
+    RateLimit-* headers for the answer."""
+
+    task_id: str
+    options: TaskOptions
+    duration_s: float | None
+    headers: dict[str, str]
 
 
 def check_disk(settings: Settings, incoming_bytes: int) -> None:
@@ -195,35 +222,44 @@ def submit(
     duration_s: float | None = None,
     priority: bool = False,
 ) -> None:
+    """Write the record, queue its job and turn the reservation into a held slot, in one transaction
+    (one round trip): a worker can never see the job before the record, and no crash leaves a record
+    without a job or a slot counted twice. The task then counts in the queue itself, and against its
+    key until it finishes."""
+    fast = priority or (duration_s is not None and duration_s < settings.fast_lane_max_s)
+    pipe = queue.connection.pipeline(transaction=True)
+    job = jobs.enqueue(queue, task_id, budget_s=jobs.job_budget_s(settings, duration_s), priority=fast, pipeline=pipe)
     store.create(
         task_id,
         owner=owner,
         options=options.model_dump(mode="json", exclude_none=True),
         filename=filename,
         audio_path=audio_path,
+        metrics=TaskMetrics(declared_duration_s=round(duration_s, 3)) if duration_s is not None else None,
+        job_id=job.id,
+        pipeline=pipe,
     )
-    if duration_s is not None:
-        store.update(task_id, metrics=TaskMetrics(declared_duration_s=round(duration_s, 3)))
-    fast = priority or (duration_s is not None and duration_s < settings.fast_lane_max_s)
-    jobs.enqueue(queue, task_id, budget_s=jobs.job_budget_s(settings, duration_s), priority=fast)
+    pipe.zrem(RESERVATIONS_KEY, task_id)
+    pipe.zadd(load_key(owner), {task_id: -time.time()})
+    pipe.execute()
 
 
 def submit_text(
     request: Request, caller: Principal, settings: Settings, store: TaskStore, queue: Queue, options: TaskOptions
-) -> str:
-    """``/v1/process_text``: the same admission as an upload, then submit (no audio)."""
+) -> tuple[str, dict[str, str]]:
+    """``/v1/process_text``: the same admission as an upload, then submit (no audio). Returns the task
+    id and the RateLimit-* headers."""
     check_template(request, caller, options)
     task_id = str(uuid.uuid4())
-    reserve(queue, settings, caller.name, task_id)
+    headers = reserve(queue, settings, caller.name, task_id)
     try:
         submit(store, queue, settings, task_id, options, owner=caller.name)
     except BaseException:
         release(queue, caller.name, task_id)
         store.delete(task_id)
         raise
-    admitted(queue, caller.name, task_id)
     audit(request, caller, "submit", task_id, "ok")
-    return task_id
+    return task_id, headers
 
 
 async def accept_upload(
@@ -235,28 +271,27 @@ async def accept_upload(
     parse_fields: Callable[[dict[str, list[str]]], TaskOptions],
     *,
     priority: bool = False,
-) -> tuple[str, TaskOptions, float | None]:
+) -> Upload:
     """Stream a multipart upload to storage (``data/audio/<task_id>/`` or the S3 bucket) and queue its task.
 
     The cheap checks (size, disk, the key's and the queue's capacity, then ``parse_fields`` on the option
     fields) run before any file byte is read when the fields come first; fields after the file are
     checked when the body ends (``parse_fields`` then sees the whole form, and its last result is used).
-    Whatever fails, nothing is left behind.
+    Whatever fails, nothing is left behind. Redis round trips: one for the admission (``reserve``), one
+    for the submission (``submit``).
     """
     check_content_length(request, settings.max_upload_bytes)
     check_disk(settings, int(request.headers.get("content-length") or 0))
     task_id = str(uuid.uuid4())
-    await asyncio.to_thread(reserve, queue, settings, caller.name, task_id)
-    submitted = False
+    headers = await asyncio.to_thread(reserve, queue, settings, caller.name, task_id)
     try:
-        result = await _receive_and_submit(request, caller, settings, store, queue, parse_fields, task_id, priority)
-        submitted = True
-        return result
-    finally:
-        if submitted:
-            await asyncio.to_thread(admitted, queue, caller.name, task_id)
-        else:
-            await asyncio.to_thread(release, queue, caller.name, task_id)
+        options, duration = await _receive_and_submit(
+            request, caller, settings, store, queue, parse_fields, task_id, priority
+        )
+    except BaseException:
+        await asyncio.to_thread(release, queue, caller.name, task_id)
+        raise
+    return Upload(task_id, options, duration, headers)
 
 
 async def _receive_and_submit(
@@ -268,7 +303,7 @@ async def _receive_and_submit(
     parse_fields: Callable[[dict[str, list[str]]], TaskOptions],
     task_id: str,
     priority: bool,
-) -> tuple[str, TaskOptions, float | None]:
+) -> tuple[TaskOptions, float | None]:
     storage = storage_for(settings)
     options: TaskOptions | None = None
 
@@ -313,4 +348,4 @@ async def _receive_and_submit(
         await asyncio.to_thread(store.delete, task_id)
         raise
     audit(request, caller, "submit", task_id, "ok")
-    return task_id, options, duration
+    return options, duration

@@ -7,6 +7,7 @@ from typing import cast
 
 import redis
 import redis.asyncio as redis_async
+from redis.client import Pipeline
 from rq import Queue
 from rq.job import Job
 from rq.registry import StartedJobRegistry
@@ -32,10 +33,6 @@ ASYNC_POOL_SIZE = 8
 """Connections of the API's asyncio client (``connect_async``): only ``/health/ready`` pings with it
 (SSE uses ``maie.api.events``' single subscription, never this pool), and a ping holds a connection for
 well under a millisecond, so 8 serve any readiness probe rate; a burst past 8 waits, it does not fail."""
-LIMITS_POOL_SIZE = 16
-"""Connections of the rate limiter's client (``maie.api.ratelimit``): two commands per submission, from
-sync route threads; 16 keeps submissions from queueing on it at any rate the upload path can sustain. A
-blocking pool too: a larger burst waits for a connection, it is not refused."""
 EVENTS_CONNECTIONS = 1
 """Redis connections SSE uses per API process, whatever the number of streams: ``maie.api.events``
 holds one PSUBSCRIBE connection and fans events out in memory."""
@@ -91,19 +88,32 @@ def hard_timeout_s(budget_s: float) -> int:
     return math.ceil(budget_s) + HARD_TIMEOUT_MARGIN_S
 
 
-def enqueue(queue: Queue, task_id: str, *, budget_s: float, at_front: bool = False, priority: bool = False) -> Job:
+def enqueue(
+    queue: Queue,
+    task_id: str,
+    *,
+    budget_s: float,
+    at_front: bool = False,
+    priority: bool = False,
+    pipeline: Pipeline | None = None,
+) -> Job:
     """A fresh RQ job per attempt (its id is stored on the task), so a requeued task never collides with
-    what RQ still remembers about a lost attempt. ``priority``: into the fast lane."""
-    if priority:
-        queue = Queue(PRIORITY_QUEUE_NAME, connection=queue.connection)
-    job = queue.enqueue(
+    what RQ still remembers about a lost attempt. ``priority``: into the fast lane.
+
+    With ``pipeline`` the job's writes are only queued on it, and the caller writes ``job.id`` into the
+    task record in the same transaction (a new task: ``submission.submit``); without it the job is
+    queued now and its id stored on the record, if the record still exists."""
+    lane = Queue(PRIORITY_QUEUE_NAME, connection=queue.connection) if priority else queue
+    job = lane.create_job(
         JOB_FUNC,
-        task_id,
-        job_timeout=hard_timeout_s(budget_s),
+        args=(task_id,),
+        timeout=hard_timeout_s(budget_s),
         result_ttl=3600,
         failure_ttl=24 * 3600,
-        at_front=at_front,
     )
+    if pipeline is not None:
+        return lane.enqueue_job(job, pipeline=pipeline, at_front=at_front)
+    lane.enqueue_job(job, at_front=at_front)
     # Only on an existing record: a task deleted meanwhile must not come back as a half record.
     TaskStore(queue.connection).set_job_id(task_id, job.id)
     return job

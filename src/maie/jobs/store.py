@@ -17,11 +17,12 @@ from typing import Any, cast
 
 import redis
 from pydantic import ValidationError
+from redis.client import Pipeline
 from redis.typing import EncodableT, FieldT
 
 from maie.errors import ErrorCode, MaieError
 from maie.logs import correlation_id
-from maie.schemas import TERMINAL, TaskError, TaskRecord, TaskStatus
+from maie.schemas import TERMINAL, TaskError, TaskMetrics, TaskRecord, TaskStatus
 
 PREFIX = "maie"
 JSON_FIELDS = ("error", "warnings", "results", "metrics", "versions", "options", "webhook", "speaker_names")
@@ -180,8 +181,14 @@ class TaskStore:
         options: dict[str, Any],
         filename: str | None = None,
         audio_path: str | None = None,
-    ) -> TaskRecord:
-        fields = {
+        metrics: TaskMetrics | None = None,
+        job_id: str | None = None,
+        pipeline: Pipeline | None = None,
+    ) -> None:
+        """Write a new PENDING record, index it and announce it. With ``pipeline`` the writes are only
+        queued on it (a submission writes the record, its job and its admission in one transaction);
+        without it they are sent now, in one round trip."""
+        fields: dict[str, Any] = {
             "task_id": task_id,
             "owner": owner,
             "status": TaskStatus.PENDING.value,
@@ -195,17 +202,27 @@ class TaskStore:
             "updated_at": time.time(),
             "correlation_id": correlation_id.get(),
         }
-        pipe = self.redis.pipeline()
+        if metrics is not None:
+            fields["metrics"] = metrics
+        if job_id is not None:
+            fields["job_id"] = job_id
+        pipe = pipeline if pipeline is not None else self.redis.pipeline()
         pipe.hset(task_key(task_id), mapping=cast("Mapping[FieldT, EncodableT]", _encode(fields)))
         now = time.time()
         pipe.zadd(TASKS_INDEX, {task_id: now})
         pipe.zadd(owner_index(owner), {task_id: now})
         pipe.sadd(ACTIVE_SET, task_id)
-        pipe.execute()
-        record = self.get(task_id)
-        assert record is not None
-        self._publish(record)
-        return record
+        # The event a later write would publish, built here: a new record has nothing else to read back.
+        event = {
+            "task_id": task_id,
+            "status": fields["status"],
+            "stage": fields["stage"],
+            "progress": 0.0,
+            "error": None,
+        }
+        pipe.publish(events_channel(task_id), json.dumps(event))
+        if pipeline is None:
+            pipe.execute()
 
     def get(self, task_id: str) -> TaskRecord | None:
         """The record, None if there is none; ``TaskCorrupt`` if it is stored but unreadable."""
@@ -355,6 +372,3 @@ class TaskStore:
             "error": json.loads(error) if error else None,
         }
         self.redis.publish(events_channel(task_id), json.dumps(event))
-
-    def _publish(self, record: TaskRecord) -> None:
-        self._publish_id(record.task_id)

@@ -15,7 +15,6 @@ from maie.api.deps import CallerDep, QueueDep, SettingsDep, StoreDep
 from maie.api.errors import Responses, openai_error_body, openai_error_responses
 from maie.api.events import EventHub, EventStreamResponse
 from maie.api.options import ASR_BACKENDS, build_options, check_options
-from maie.api.ratelimit import RateLimitDep
 from maie.api.routers.process import SUBMIT_ERRORS, UPLOAD_ERRORS, multipart_body
 from maie.api.submission import accept_upload
 from maie.api.transcription import delta_events, failure, wait_deadline, wait_for
@@ -170,12 +169,11 @@ async def _run(
         parsed.append(asked)  # called again with the whole form when fields follow the file: the last wins
         return check_options(asked.options, settings)
 
-    task_id, options, duration = await accept_upload(
-        request, caller, settings, store, queue, parse_fields, priority=True
-    )
+    upload = await accept_upload(request, caller, settings, store, queue, parse_fields, priority=True)
+    task_id, options = upload.task_id, upload.options
     asked = parsed[-1]
-    deadline = wait_deadline(settings, duration)
-    headers = {"X-MAIE-Task-Id": task_id}
+    deadline = wait_deadline(settings, upload.duration_s)
+    headers = {"X-MAIE-Task-Id": task_id, **upload.headers}
     if asked.stream:
         hub: EventHub = request.app.state.events
         return EventStreamResponse(delta_events(hub, queue, store, task_id, deadline), headers=headers)
@@ -236,7 +234,7 @@ def _responses() -> Responses:
     responses=_responses(),
 )
 async def transcriptions(
-    request: Request, caller: CallerDep, _: RateLimitDep, settings: SettingsDep, store: StoreDep, queue: QueueDep
+    request: Request, caller: CallerDep, settings: SettingsDep, store: StoreDep, queue: QueueDep
 ) -> Response:
     return await _run(request, caller, settings, store, queue, "transcribe")
 
@@ -249,6 +247,6 @@ async def transcriptions(
     responses=_responses(),
 )
 async def translations(
-    request: Request, caller: CallerDep, _: RateLimitDep, settings: SettingsDep, store: StoreDep, queue: QueueDep
+    request: Request, caller: CallerDep, settings: SettingsDep, store: StoreDep, queue: QueueDep
 ) -> Response:
     return await _run(request, caller, settings, store, queue, "translate")

@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import anyio.from_thread
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
 from maie.api.deps import CallerDep, QueueDep, SettingsDep, StoreDep
 from maie.api.errors import UNPARSABLE_JSON, error_responses
 from maie.api.options import build_options, check_options, parse_features, parse_options
-from maie.api.ratelimit import RateLimitDep
 from maie.api.submission import accept_upload, submit_text
 from maie.api.webhook_targets import check_destination
 from maie.errors import ErrorCode
@@ -93,14 +92,16 @@ PROCESS_FIELDS: dict[str, dict[str, Any]] = {
     responses=error_responses(*SUBMIT_ERRORS, *TEMPLATE_ERRORS, *UPLOAD_ERRORS, ErrorCode.FEATURE_UNAVAILABLE),
 )
 async def process(
-    request: Request, caller: CallerDep, _: RateLimitDep, settings: SettingsDep, store: StoreDep, queue: QueueDep
+    request: Request, response: Response, caller: CallerDep, settings: SettingsDep, store: StoreDep, queue: QueueDep
 ) -> Accepted:
     """Multipart form: ``file`` and option fields in any order. The file is streamed to disk as it
     arrives; fields sent before it are validated before any audio byte is stored, fields after it when
     the body ends (a refusal then removes the stored file)."""
-    task_id, _options, _duration = await accept_upload(
+    upload = await accept_upload(
         request, caller, settings, store, queue, lambda fields: parse_options(fields, settings)
     )
+    response.headers.update(upload.headers)
+    task_id = upload.task_id
     return Accepted(task_id=task_id, status=TaskStatus.PENDING, status_url=f"/v1/status/{task_id}")
 
 
@@ -121,8 +122,8 @@ class TextRequest(BaseModel):
 def process_text(
     body: TextRequest,
     request: Request,
+    response: Response,
     caller: CallerDep,
-    _: RateLimitDep,
     settings: SettingsDep,
     store: StoreDep,
     queue: QueueDep,
@@ -139,5 +140,6 @@ def process_text(
     if options.callback_url:
         # A sync route runs in a worker thread: resolve on the event loop, which stays free meanwhile.
         anyio.from_thread.run(check_destination, options.callback_url, settings)
-    task_id = submit_text(request, caller, settings, store, queue, options)
+    task_id, headers = submit_text(request, caller, settings, store, queue, options)
+    response.headers.update(headers)
     return Accepted(task_id=task_id, status=TaskStatus.PENDING, status_url=f"/v1/status/{task_id}")
