@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 import wave
 from collections.abc import Iterator
 from pathlib import Path
@@ -250,7 +251,7 @@ def test_too_many_channels_for_by_channel_is_refused_at_submit(
 # What the decoder did before the fix: planar output of 8 channels, read through PyAV's frame planes.
 _OLD_CRASH = """
 import json, sys, av
-path = json.loads(sys.argv[1])["path"]
+path = json.loads(sys.stdin.readline())["path"]
 with av.open(path) as c:
     s = c.streams.audio[0]
     r = av.AudioResampler(format="fltp", layout=s.codec_context.layout, rate=16000)
@@ -311,3 +312,24 @@ def test_cancelling_kills_the_child(tmp_path: Path, jfk: np.ndarray) -> None:
     with pytest.raises(Stop):
         decode_isolated(path, on_progress=stop)
     assert set(psutil.Process().children()) <= children  # the child was killed and reaped
+
+
+def test_the_next_files_child_waits_with_its_imports_done(tmp_path: Path, jfk: np.ndarray) -> None:
+    from maie.pipeline import decode_child
+
+    path = write_wav(tmp_path / "one.wav", multichannel(jfk[: 3 * SAMPLE_RATE], 1, 0))
+    decode_child.decode_isolated(path)
+    spare = decode_child.SPARE._proc
+    assert spare is not None and spare.poll() is None  # started after the decode, waiting on stdin
+    child = psutil.Process(spare.pid)
+    deadline = time.monotonic() + 30
+    while "numpy" not in " ".join(m.path for m in child.memory_maps()) and time.monotonic() < deadline:
+        time.sleep(0.05)  # its imports run ahead of the request
+    assert "numpy" in " ".join(m.path for m in child.memory_maps())
+    again = decode_child.decode_isolated(path)
+    assert spare.poll() == 0  # that child decoded this file and exited
+    assert again.duration_s == pytest.approx(3.0, abs=0.01)
+    replacement = decode_child.SPARE._proc
+    assert replacement is not None and replacement.pid != spare.pid and replacement.poll() is None
+    decode_child.SPARE.drop()
+    assert replacement.poll() is not None

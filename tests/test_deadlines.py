@@ -257,7 +257,9 @@ def test_embedded_generation_stops_at_the_deadline() -> None:
 
     settings = Settings()
     path = bundled_gguf_path()
-    client = EmbeddedClient(load_llama(path, settings.llm.n_ctx, settings.llm.n_threads), path.stem)
+    client = EmbeddedClient(
+        load_llama(path, settings.llm.n_ctx, settings.llm.n_threads or settings.cores_per_worker), path.stem
+    )
     messages = [{"role": "user", "content": "Write a long essay about the Roman Empire, with many chapters."}]
     # A worker's model is warm: the first evaluation of a fresh context (seconds, one native call)
     # is not what is measured here.

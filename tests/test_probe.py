@@ -45,7 +45,7 @@ def test_header_probe_of_a_wav_finds_what_the_full_probe_finds(
 ) -> None:
     path = wav(tmp_path / "a.wav", rate=rate, channels=channels, seconds=seconds, extra_chunk=extra, bits=bits)
     assert sniff_container(path.read_bytes()[:4096]) == "wav"
-    header = probe_duration(path, container="wav")
+    header = probe_duration(path, sniffed="wav")
     assert header == pytest.approx(full_probe(path), abs=1e-3)
     assert header == pytest.approx(seconds, abs=1e-3)
 
@@ -53,13 +53,13 @@ def test_header_probe_of_a_wav_finds_what_the_full_probe_finds(
 @pytest.mark.parametrize("name", ["stereo_diarization.wav", "two_speakers_sample.wav"])
 def test_header_probe_of_the_reference_wavs(shared_audio: Path, name: str) -> None:
     path = shared_audio / name
-    assert probe_duration(path, container="wav") == pytest.approx(full_probe(path), abs=1e-3)
+    assert probe_duration(path, sniffed="wav") == pytest.approx(full_probe(path), abs=1e-3)
 
 
 def test_header_probe_still_refuses_too_many_channels(tmp_path: Path) -> None:
     path = wav(tmp_path / "six.wav", rate=16000, channels=6, seconds=0.5)
     with pytest.raises(MaieError) as refused:
-        probe_duration(path, container="wav", by_channel=True, max_channels=4)
+        probe_duration(path, sniffed="wav", by_channel=True, max_channels=4)
     assert refused.value.code == ErrorCode.AUDIO_TOO_MANY_CHANNELS
     assert "at most 4" in refused.value.message
 
@@ -68,5 +68,5 @@ def test_header_probe_refuses_a_wav_header_with_no_audio_after_it(tmp_path: Path
     path = tmp_path / "broken.wav"
     path.write_bytes(b"RIFF\x24\x00\x00\x00WAVEjunk")
     with pytest.raises(MaieError) as refused:
-        probe_duration(path, container="wav")
+        probe_duration(path, sniffed="wav")
     assert refused.value.code == ErrorCode.UNSUPPORTED_MEDIA_TYPE

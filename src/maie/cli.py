@@ -9,11 +9,14 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from maie.config import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from maie.jobs.redis_server import EmbeddedRedis
 
 log = logging.getLogger("maie.cli")
 
@@ -85,11 +88,6 @@ def serve(
     ] = 1,
 ) -> None:
     """Start the API, plus an embedded Redis (when MAIE_REDIS_URL is unset) and worker processes."""
-    import uvicorn
-
-    from maie.api.app import create_app
-    from maie.api.auth import ensure_generated_key, key_file
-    from maie.api.http_protocol import bounded_protocol
     from maie.jobs.redis_server import EmbeddedRedis
     from maie.jobs.supervisor import WorkerSupervisor
     from maie.privacy import ensure_data_dir, wide_modes_warning
@@ -105,7 +103,6 @@ def serve(
     warning = wide_modes_warning(settings.data_dir)
     if warning:
         log.warning("%s", warning)
-    generated = ensure_generated_key(settings)
     embedded = None
     if not settings.redis_url:
         embedded = EmbeddedRedis(settings.data_dir)
@@ -113,13 +110,27 @@ def serve(
     # Workers start while the embedded Redis starts: they load their models first, then connect.
     supervisor = WorkerSupervisor(workers, worker_env(settings, workers, os.environ))
     supervisor.start()
-    if embedded:
-        try:
-            embedded.wait_ready()
-        except Exception:
-            supervisor.stop()
+    try:
+        _run_api(settings, host, port, workers, embedded)
+    finally:
+        # Workers first (they finish or hand back their job), then the Redis they were using.
+        supervisor.stop()
+        if embedded:
             embedded.stop()
-            raise
+
+
+def _run_api(settings: Settings, host: str, port: int, workers: int, embedded: EmbeddedRedis | None) -> None:
+    """Wait for the embedded Redis, then run the API until it stops."""
+    # Imported while the workers load their models beside it (FastAPI and the app take about 1 s).
+    import uvicorn
+
+    from maie.api.app import create_app
+    from maie.api.auth import ensure_generated_key, key_file
+    from maie.api.http_protocol import bounded_protocol
+
+    generated = ensure_generated_key(settings)
+    if embedded:
+        embedded.wait_ready()
         embedded.watch()
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     typer.echo(f"MAIE is up on http://{shown_host}:{port}  (web UI at /, API docs at /docs)")
@@ -132,28 +143,22 @@ def serve(
         typer.echo("API key: one of MAIE_API_KEYS / MAIE_ADMIN_KEYS")
     where = f"embedded, unix socket {embedded.socket_path}, AOF in {embedded.dir}" if embedded else "MAIE_REDIS_URL"
     typer.echo(f"Redis: {where}; workers: {workers}")
-    try:
-        uvicorn.run(
-            create_app(settings),
-            host=host,
-            port=port,
-            log_level=settings.log_level.lower(),
-            # Keep configure_logging's handler: uvicorn's own dictConfig would give its loggers handlers
-            # that bypass the correlation id, the JSON format and the URL-password redaction.
-            log_config=None,
-            timeout_graceful_shutdown=5,
-            # httptools with a head size limit, a head timeout and a connection cap, checked before any
-            # authentication (maie.api.http_protocol says why not h11's h11_max_incomplete_event_size).
-            # uvicorn's limit_concurrency is left unset: it answers 503 only after a head was parsed, so
-            # it bounds nothing an unauthenticated client holds; the connection cap does.
-            http=bounded_protocol(settings),
-            timeout_keep_alive=5,
-        )
-    finally:
-        # Workers first (they finish or hand back their job), then the Redis they were using.
-        supervisor.stop()
-        if embedded:
-            embedded.stop()
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level=settings.log_level.lower(),
+        # Keep configure_logging's handler: uvicorn's own dictConfig would give its loggers handlers
+        # that bypass the correlation id, the JSON format and the URL-password redaction.
+        log_config=None,
+        timeout_graceful_shutdown=5,
+        # httptools with a head size limit, a head timeout and a connection cap, checked before any
+        # authentication (maie.api.http_protocol says why not h11's h11_max_incomplete_event_size).
+        # uvicorn's limit_concurrency is left unset: it answers 503 only after a head was parsed, so
+        # it bounds nothing an unauthenticated client holds; the connection cap does.
+        http=bounded_protocol(settings),
+        timeout_keep_alive=5,
+    )
 
 
 @app.command()

@@ -117,9 +117,10 @@ class LlmSettings(BaseModel):
     """How the server takes structured output. ``auto``: detected from ``GET /v1/models``."""
     n_ctx: int = Field(default=8192, ge=512)
     """Context window for the embedded model."""
-    n_threads: int | None = None
-    """CPU threads for the embedded model, for generation and prompt processing. Unset: llama.cpp's
-    defaults (half the cores to generate, all to read the prompt)."""
+    n_threads: int | None = Field(default=None, ge=1)
+    """CPU threads for the embedded model, for generation and prompt processing. Unset: the worker's
+    share of the cores (``Settings.cores_per_worker``), so several workers on one machine do not
+    oversubscribe it (llama.cpp's own default is half the machine's cores, whatever the workers)."""
     enhance_base_url: str | None = None
     """Server for the clean transcript only. Unset: ``base_url``."""
     enhance_model: str | None = None
@@ -291,7 +292,9 @@ class Settings(BaseSettings):
     """Shortest audio processed; shorter input ends FAILED with AUDIO_TOO_SHORT."""
     decode_in_subprocess: bool = True
     """Decode uploads in a short-lived child process, so a decoder crash on a hostile file costs that
-    task (AUDIO_DECODE_ERROR), not the worker and its warm models (about half a second per task)."""
+    task (AUDIO_DECODE_ERROR), not the worker and its warm models. The child for the next file is
+    started, and does its imports, while the worker waits (``maie.pipeline.decode_child``), so a task
+    does not wait for them."""
     disk_floor_mb: int = Field(default=1024, ge=0)
     """Uploads are refused (507) when free space in ``data_dir`` would fall below this."""
     rate_limit: str = "120/minute"

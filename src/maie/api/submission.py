@@ -194,18 +194,18 @@ def probe_duration(
     *,
     by_channel: bool = False,
     max_channels: int | None = None,
-    container: str | None = None,
+    sniffed: str | None = None,
 ) -> float | None:
     """Declared duration from the container header (cheap: no decoding). Non-audio is refused here,
     and so is a header declaring more channels than can be decoded (or diarized by channel).
-    ``container``: the sniffed one, when known (see ``HEADER_PROBE``)."""
+    ``sniffed``: the container sniffed from the upload's first bytes, when known (see ``HEADER_PROBE``)."""
     try:
         # A path, or a reader opened for reading (mode "rb" or none): PyAV opens it as an input
         # container, but its stub types a file argument as input-or-output.
         opened = av.open(
             str(source) if isinstance(source, Path) else source,
             metadata_errors="ignore",
-            options=HEADER_PROBE.get(container or "", {}),
+            options=HEADER_PROBE.get(sniffed or "", {}),
         )
         with cast("InputContainer", opened) as container:
             if not container.streams.audio:
@@ -344,7 +344,7 @@ async def _receive_and_submit(
             form.file.ref,
             by_channel=options.diarize_by_channel,
             max_channels=settings.diarization.max_channels,
-            container=form.file.container,
+            sniffed=form.file.container,
         )
         await asyncio.to_thread(
             submit,

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import redis
 
-from maie.jobs.procs import die_with_parent
+from maie.procs import die_with_parent
 
 log = logging.getLogger(__name__)
 

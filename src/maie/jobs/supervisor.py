@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 
-from maie.jobs.procs import die_with_parent
+from maie.procs import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ class WorkerSupervisor:
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            [sys.executable, "-m", "maie", "worker"],
+            [sys.executable, "-m", "maie.jobs", "worker"],  # ``maie worker`` without the CLI's imports
             env=self.env,
             preexec_fn=die_with_parent,
             stdin=subprocess.DEVNULL,

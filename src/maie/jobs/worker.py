@@ -49,8 +49,9 @@ def live_workers(client: redis.Redis) -> list[dict[str, Any]]:
 
 def warm_up(runtime: WorkerRuntime) -> None:
     """Load the default ASR model and VAD before the first job, and run each once on a second of
-    silence (their first call allocates what later calls reuse), so the first upload is not the slow
-    one. Needs no Redis: ``run_worker`` does this while an embedded Redis is still starting."""
+    silence (their first call allocates what later calls reuse), and start the first decoder child, so
+    the first upload is not the slow one. Needs no Redis: ``run_worker`` does this while an embedded
+    Redis is still starting."""
     import numpy as np
     from faster_whisper.vad import VadOptions, get_speech_timestamps, get_vad_model
 
@@ -58,6 +59,10 @@ def warm_up(runtime: WorkerRuntime) -> None:
     from maie.pipeline.context import SAMPLE_RATE
     from maie.pipeline.vad import VAD_MODEL_KEY
 
+    if runtime.settings.decode_in_subprocess:
+        from maie.pipeline.decode_child import prepare
+
+        prepare()  # the first file's decoder child imports while the models load
     silence = np.zeros(SAMPLE_RATE, dtype=np.float32)
     try:
         if runtime.settings.vad.enabled:

