@@ -8,6 +8,7 @@ the real worker with Whisper.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -333,3 +334,24 @@ def test_the_next_files_child_waits_with_its_imports_done(tmp_path: Path, jfk: n
     assert replacement is not None and replacement.pid != spare.pid and replacement.poll() is None
     decode_child.SPARE.drop()
     assert replacement.poll() is not None
+
+
+def test_a_waiting_child_that_died_does_not_fail_the_next_file(tmp_path: Path, jfk: np.ndarray) -> None:
+    from maie.pipeline import decode_child
+
+    path = write_wav(tmp_path / "one.wav", multichannel(jfk[: 2 * SAMPLE_RATE], 1, 0))
+    decode_child.decode_isolated(path)
+    spare = decode_child.SPARE._proc
+    assert spare is not None
+    spare.kill()  # the OOM killer, or an operator, between two tasks
+    spare.wait()
+    assert decode_child.decode_isolated(path).duration_s == pytest.approx(2.0, abs=0.01)
+    # and one killed after the liveness check, as the request is written
+    waiting = decode_child.SPARE._proc
+    assert waiting is not None
+    waiting.kill()
+    waiting.wait()
+    fresh = decode_child._hand_over(waiting, json.dumps({"path": str(path), "options": {}}))
+    assert fresh is not waiting and fresh.poll() is None
+    decode_child._reap(fresh)
+    decode_child.SPARE.drop()

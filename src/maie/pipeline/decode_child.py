@@ -105,15 +105,10 @@ def decode_isolated(
     dies (a signal, or exits without a result) is AUDIO_DECODE_ERROR, never a dead worker."""
     path = Path(path)
     request = json.dumps({"path": str(path), "options": options})
-    proc = SPARE.take()
-    assert proc.stdin is not None and proc.stdout is not None
+    proc = _hand_over(SPARE.take(), request)
+    assert proc.stdout is not None
     ended = False
     try:
-        try:
-            proc.stdin.write(request.encode() + b"\n")
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass  # the child died while waiting: reported below as a crash
         audio: DecodedAudio | None = None
         while line := proc.stdout.readline():
             kind, _, payload = line.decode().strip().partition(" ")
@@ -140,6 +135,22 @@ def decode_isolated(
         _reap(proc)  # cancelled or out of time while decoding: killed here
         if ended:  # a decode that ended normally (a result or a MaieError): the next file's child
             SPARE.refill()
+
+
+def _hand_over(proc: subprocess.Popen[bytes], request: str) -> subprocess.Popen[bytes]:
+    """Send ``request`` to a waiting child. One that died while it waited (killed, out of memory)
+    never saw the file: a fresh child takes it, so the task does not fail for it."""
+    for attempt in range(2):
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(request.encode() + b"\n")
+            proc.stdin.close()
+            return proc
+        except BrokenPipeError:
+            _reap(proc)
+            if attempt == 0:
+                proc = _start()
+    return proc  # a fresh child that died at once: its exit status is reported as the crash
 
 
 def _read_array(stream: IO[bytes], shape: tuple[int, ...], dtype: type) -> np.ndarray:
