@@ -69,3 +69,15 @@ def test_bad_setting_names_the_variable(tmp_path: Path) -> None:
     run = maie("doctor", cwd=tmp_path, env={"MAIE_VAD__THRESHOLD": "loud"})
     assert run.returncode == 2
     assert "MAIE_VAD__THRESHOLD" in run.stderr
+
+
+def test_the_worker_entry_maie_serve_starts(tmp_path: Path) -> None:
+    """``python -m maie.jobs worker`` (what ``maie serve`` spawns) refuses bad settings and arguments like
+    ``maie worker``: exit 2 and one line naming the problem."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "MAIE_RATE_LIMIT": "lots"}
+    run = subprocess.run(
+        [sys.executable, "-m", "maie.jobs", "worker"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert run.returncode == 2 and "MAIE_RATE_LIMIT" in run.stderr and "count per period" in run.stderr
+    run = subprocess.run([sys.executable, "-m", "maie.jobs"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert run.returncode == 2 and "usage: python -m maie.jobs worker" in run.stderr
