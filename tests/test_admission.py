@@ -136,3 +136,34 @@ def test_the_rate_limit_holds_under_concurrent_submissions(tmp_path: Path, redis
 def test_a_bad_rate_limit_setting_stops_the_start(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="count per period"):
         Settings(data_dir=tmp_path, rate_limit="lots")
+
+
+def test_recovery_reads_a_backlog_in_a_few_round_trips(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from maie.jobs import queue as jobs
+    from maie.jobs.maintenance import Report, recover
+
+    settings = Settings(data_dir=tmp_path / "data", redis_url=redis_url)
+    r = jobs.connect(redis_url)
+    store, queue = TaskStore(r), jobs.get_queue(r)
+    ids = [f"queued-{n}" for n in range(1200)]
+    for task_id in ids:
+        pipe = r.pipeline()
+        job = jobs.enqueue(queue, task_id, budget_s=60, pipeline=pipe)
+        store.create(task_id, owner="tester", options={}, job_id=job.id, pipeline=pipe)
+        pipe.hset(f"maie:task:{task_id}", "updated_at", time.time() - 3600)  # long past the grace
+        pipe.execute()
+    trips = RoundTrips(monkeypatch)
+    report = Report()
+    # 1 for the active set, then per 500 tasks: 1 for records and leases, 1 for their jobs
+    assert trips.during(lambda: recover(store, queue, settings, report)) <= 1 + 2 * 3
+    assert report.requeued == 0 and report.lost == 0
+
+    lost_job = r.hget("maie:task:queued-7", "job_id")
+    assert lost_job is not None
+    r.delete(f"rq:job:{lost_job.decode()}")  # Redis lost this one's job: it is queued again
+    report = Report()
+    recover(store, queue, settings, report)
+    assert report.requeued == 1
+    assert r.hget("maie:task:queued-7", "job_id") != lost_job
