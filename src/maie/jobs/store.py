@@ -130,6 +130,11 @@ def lease_key(task_id: str) -> str:
     return f"{PREFIX}:lease:{task_id}"
 
 
+def status_event(task_id: str, status: str, stage: str | None, progress: float, error: Any) -> str:
+    """The message a task's channel carries after each write (SSE relays it)."""
+    return json.dumps({"task_id": task_id, "status": status, "stage": stage, "progress": progress, "error": error})
+
+
 def _encode(fields: dict[str, Any]) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, value in fields.items():
@@ -212,15 +217,8 @@ class TaskStore:
         pipe.zadd(TASKS_INDEX, {task_id: now})
         pipe.zadd(owner_index(owner), {task_id: now})
         pipe.sadd(ACTIVE_SET, task_id)
-        # The event a later write would publish, built here: a new record has nothing else to read back.
-        event = {
-            "task_id": task_id,
-            "status": fields["status"],
-            "stage": fields["stage"],
-            "progress": 0.0,
-            "error": None,
-        }
-        pipe.publish(events_channel(task_id), json.dumps(event))
+        # A new record's event needs no read back: it is made from the fields just written.
+        pipe.publish(events_channel(task_id), status_event(task_id, fields["status"], fields["stage"], 0.0, None))
         if pipeline is None:
             pipe.execute()
 
@@ -364,11 +362,11 @@ class TaskStore:
         status, stage, progress, error = fields
         if status is None:
             return
-        event = {
-            "task_id": task_id,
-            "status": status.decode(),
-            "stage": stage.decode() if stage else None,
-            "progress": float(progress or 0.0),
-            "error": json.loads(error) if error else None,
-        }
-        self.redis.publish(events_channel(task_id), json.dumps(event))
+        event = status_event(
+            task_id,
+            status.decode(),
+            stage.decode() if stage else None,
+            float(progress or 0.0),
+            json.loads(error) if error else None,
+        )
+        self.redis.publish(events_channel(task_id), event)
