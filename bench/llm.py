@@ -89,6 +89,7 @@ class Tally:
         self.unflagged += other.unflagged
         self.times += other.times
         self.prompt_tokens += other.prompt_tokens
+        self.bare_ratio += other.bare_ratio
 
     @property
     def ratio(self) -> float:
@@ -137,7 +138,9 @@ def run_cell(
     for run in range(runs):
         name = "jfk" if run % 2 == 0 else "two_speakers"
         ctx = make_ctx(settings, models, template_id, name)
-        get_llm(ctx, "summary")  # loaded before any timing
+        llm = get_llm(ctx, "summary")  # loaded before any timing
+        if baseline and ctx.settings.llm.base_url is None:
+            llm._llama.reset()  # type: ignore[attr-defined]  # a cold prompt, as the bare call gets
         tally.runs += 1
         started = time.perf_counter()
         try:
@@ -162,7 +165,7 @@ def run_cell(
             {"transcript": name, "summary": summary.data, "grounding": grounding, "loops_cut": summary.loops_cut}
         )
         if baseline and run < 2 and ctx.settings.llm.base_url is None:
-            llama = get_llm(ctx, "summary")._llama  # type: ignore[attr-defined]
+            llama = llm._llama  # type: ignore[attr-defined]
             prompt = template.render(summary_source(ctx), "en", summary.usage.params["example"])
             messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}]
             tally.bare_ratio.append(elapsed / bare_generation(llama, messages, summary.usage.completion_tokens))
@@ -231,6 +234,7 @@ def main() -> int:
     parser.add_argument("--no-embedded", action="store_true", help="skip the embedded model")
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: its own)")
     parser.add_argument("--baseline", action="store_true", help="time bare llama.cpp generation too")
+    parser.add_argument("--temperature", type=float, default=None, help="summary temperature (default: the setting's)")
     parser.add_argument("--samples", type=Path, default=None, help="write every summary here (JSON)")
     parser.add_argument("--rescore", type=Path, default=None, help="re-ground the summaries of a --samples file")
     args = parser.parse_args()
@@ -245,18 +249,20 @@ def main() -> int:
     samples: dict[str, Any] = {}
     base = Settings(data_dir=data_dir)
     print(
-        f"model {bundled_gguf_path().name}, {args.runs} runs per cell, temperature {base.llm.sum_temperature}, "
+        f"model {bundled_gguf_path().name}, {args.runs} runs per cell, "
+        f"temperature {base.llm.sum_temperature if args.temperature is None else args.temperature}, "
         f"max_tokens {base.llm.sum_max_tokens}, attempts {base.llm.sum_max_attempts}, policy flag"
     )
     print(f"{'model':10} {'example':11} {'template':26} " + " ".join(f"{c:>7}" for c in COLUMNS))
+
+    temp = {} if args.temperature is None else {"sum_temperature": args.temperature}
 
     def bench(label: str, llm: dict[str, Any]) -> None:
         for mode in modes:
             total = Tally()
             for template_id in ids:
-                settings = Settings(
-                    data_dir=data_dir, llm={"n_ctx": 4096, "n_threads": args.threads, "sum_example": mode, **llm}
-                )
+                llm_settings = {"n_ctx": 4096, "n_threads": args.threads, "sum_example": mode, **temp, **llm}
+                settings = Settings(data_dir=data_dir, llm=llm_settings)
                 cell = samples.setdefault(f"{label}/{mode}", {})
                 t = run_cell(settings, models, template_id, args.runs, args.baseline, cell)
                 print_row(label, mode, template_id, t)

@@ -338,30 +338,34 @@ async def _receive_and_submit(
     )
     try:
         assert options is not None and form.file is not None
-        duration = await asyncio.to_thread(
-            probe_stored,
-            storage,
-            form.file.ref,
-            by_channel=options.diarize_by_channel,
-            max_channels=settings.diarization.max_channels,
-            sniffed=form.file.container,
-        )
-        await asyncio.to_thread(
-            submit,
-            store,
-            queue,
-            settings,
-            task_id,
-            options,
-            owner=caller.name,
-            audio_path=form.file.ref,
-            filename=form.file.filename,
-            duration_s=duration,
-            priority=priority,
-        )
+        stored, opts = form.file, options  # narrowed names: a closure does not see the assert
+
+        def probe_and_submit() -> float | None:  # one thread hop for both: each costs a wait for a thread
+            duration = probe_stored(
+                storage,
+                stored.ref,
+                by_channel=opts.diarize_by_channel,
+                max_channels=settings.diarization.max_channels,
+                sniffed=stored.container,
+            )
+            submit(
+                store,
+                queue,
+                settings,
+                task_id,
+                opts,
+                owner=caller.name,
+                audio_path=stored.ref,
+                filename=stored.filename,
+                duration_s=duration,
+                priority=priority,
+            )
+            return duration
+
+        duration = await asyncio.to_thread(probe_and_submit)
     except BaseException:
         await asyncio.to_thread(storage.delete, task_id)
         await asyncio.to_thread(store.delete, task_id)
         raise
     audit(request, caller, "submit", task_id, "ok")
-    return options, duration
+    return opts, duration

@@ -15,6 +15,7 @@ from typing import Any
 
 from maie.errors import ErrorCode, MaieError
 from maie.pipeline.context import BudgetExceeded
+from maie.pipeline.llm import lazy_grammar
 from maie.pipeline.llm.client import LlmReply, Message
 
 DEFAULT_TOP_K = 40
@@ -49,7 +50,7 @@ def load_llama(path: Path, n_ctx: int, n_threads: int) -> Any:
     except ImportError as exc:
         raise MaieError(ErrorCode.LLM_UNAVAILABLE, f"llama-cpp-python is not installed: {exc}") from exc
     try:
-        return Llama(
+        llama = Llama(
             model_path=str(path),
             n_ctx=n_ctx,
             n_threads=n_threads,
@@ -60,6 +61,8 @@ def load_llama(path: Path, n_ctx: int, n_threads: int) -> Any:
         )
     except Exception as exc:  # llama-cpp raises ValueError/RuntimeError for a bad or foreign file
         raise MaieError(ErrorCode.LLM_UNAVAILABLE, f"cannot load LLM model {path.name}: {exc}") from exc
+    lazy_grammar.install(llama)
+    return llama
 
 
 class EmbeddedClient:
