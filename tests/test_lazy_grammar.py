@@ -43,7 +43,9 @@ def complete(llama: Llama, prompt: str, gbnf: str, **kwargs: object) -> str:
     return str(out["choices"][0]["message"]["content"])  # type: ignore[index]
 
 
-@pytest.mark.parametrize("template_id", ["meeting_notes_v2_en", "generic_summary_en_v2", "interview_transcript_v2_en"])
+@pytest.mark.parametrize(
+    "template_id", ["meeting_notes_v2_en", "generic_summary_en_v2", "interview_transcript_v2_en", "meeting_notes_v2"]
+)
 def test_greedy_output_is_the_stock_samplers_token_for_token(lazy: Llama, stock: Llama, template_id: str) -> None:
     template = TemplateStore(Path("/nonexistent")).get(template_id)
     gbnf = schema_to_gbnf(template.schema)
