@@ -22,7 +22,7 @@ import psutil
 import redis
 
 from maie.jobs.store import TaskStore
-from maie.jobs.worker import WORKERS_KEY, worker_key
+from maie.jobs.workers import WORKERS_KEY, worker_key
 from maie.schemas import TaskStatus
 
 from service import API_KEY, Service

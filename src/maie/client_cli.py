@@ -8,14 +8,15 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import httpx
 import typer
 
-from maie.client import TRANSCRIPT_FORMATS, MaieApiError, MaieClient
-from maie.exports import FORMATS_WITH_LLM_OUTPUT, llm_sections
-from maie.logs import tqdm_logging
+if TYPE_CHECKING:
+    from maie.client import MaieClient
+
+# httpx, maie.client and maie.exports are imported where they are used: every ``maie`` command imports
+# this module (it registers ``submit``), and ``maie serve`` starts its workers only after that.
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 
@@ -103,6 +104,11 @@ def submit(
     parallel: Annotated[int, typer.Option(help="Files sent and followed at once.", min=1, max=32)] = MAX_PARALLEL,
 ) -> None:
     """Upload files to a running MAIE server, follow progress, then save or print the transcripts."""
+    import httpx
+
+    from maie.client import TRANSCRIPT_FORMATS, MaieApiError, MaieClient
+    from maie.logs import tqdm_logging
+
     if fmt not in TRANSCRIPT_FORMATS:
         typer.echo(f"maie: --format must be one of {', '.join(TRANSCRIPT_FORMATS)}", err=True)
         raise typer.Exit(2)
@@ -160,6 +166,10 @@ class _Job:
 
     def run(self, path: Path, position: int) -> _Outcome:
         """Send one file, follow it to the end and fetch what was asked for (own connection per file)."""
+        import httpx
+
+        from maie.client import MaieApiError, MaieClient
+
         if self.stop.is_set():
             return _Outcome(note="not sent: the server refused the options", failed=True)
         with MaieClient(self.server, api_key=self.key) as client:
@@ -179,6 +189,11 @@ class _Job:
             return self._finish(client, path, task_id, position)
 
     def _finish(self, client: MaieClient, path: Path, task_id: str, position: int) -> _Outcome:
+        import httpx
+
+        from maie.client import MaieApiError
+        from maie.exports import FORMATS_WITH_LLM_OUTPUT, llm_sections
+
         bar = _ProgressBar(path.name, position)
         try:
             record = client.wait(task_id, on_progress=bar, timeout=self.timeout)

@@ -67,7 +67,7 @@ def _redis(settings: Settings) -> str:
     if not settings.redis_url:
         return "embedded (started by maie serve)"
     from maie.jobs.queue import connect
-    from maie.jobs.worker import live_workers
+    from maie.jobs.workers import live_workers
 
     client = connect(settings.redis_url)
     client.ping()

@@ -34,7 +34,7 @@ WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    availability.warm(settings)  # the optional-extra import checks, off the request path
+    checks = availability.warm(settings)  # the optional-extra import checks, off the request path
     stop = asyncio.Event()
     background = [
         asyncio.create_task(run_deliverer(app.state.store, settings, stop)),
@@ -45,6 +45,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         stop.set()
+        checks.set()
         availability.shutdown()
         await asyncio.gather(*background)
         await app.state.redis_async.aclose()

@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from maie.jobs import queue as jobs
 from maie.jobs.stats import STAGE_BUCKETS, read_stats
-from maie.jobs.worker import live_workers
+from maie.jobs.workers import live_workers
 from maie.schemas import TaskStatus
 
 log = logging.getLogger(__name__)

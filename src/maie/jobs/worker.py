@@ -9,7 +9,6 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any, cast
 
 import redis
 from rq import SimpleWorker
@@ -18,40 +17,23 @@ from rq.timeouts import UnixSignalDeathPenalty
 from maie.config import Settings
 from maie.jobs.queue import connect, worker_queues
 from maie.jobs.redis_server import answers_within
-from maie.jobs.store import PREFIX, TaskStore, lease_key
+from maie.jobs.store import TaskStore, lease_key
 from maie.jobs.tasks import WorkerRuntime, set_runtime
+from maie.jobs.workers import WORKERS_KEY, worker_key
 from maie.pipeline.context import BudgetExceeded
 from maie.pipeline.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
-WORKERS_KEY = f"{PREFIX}:workers"
-
-
-def worker_key(name: str) -> str:
-    return f"{PREFIX}:worker:{name}"
-
-
-def live_workers(client: redis.Redis) -> list[dict[str, Any]]:
-    """Workers whose heartbeat has not expired."""
-    names = [n.decode() for n in cast("set[bytes]", client.smembers(WORKERS_KEY))]
-    if not names:
-        return []
-    out: list[dict[str, Any]] = []
-    raws = cast("list[bytes | None]", client.mget([worker_key(n) for n in names]))
-    for name, raw in zip(names, raws, strict=True):
-        if raw is None:
-            client.srem(WORKERS_KEY, name)
-        else:
-            out.append(json.loads(raw))
-    return out
-
 
 def warm_up(runtime: WorkerRuntime) -> None:
-    """Load the default ASR model and VAD before the first job, and run each once on a second of
-    silence (their first call allocates what later calls reuse), and start the first decoder child, so
-    the first upload is not the slow one. Needs no Redis: ``run_worker`` does this while an embedded
-    Redis is still starting."""
+    """Load the default ASR model and VAD before the first job, run VAD once on a second of silence,
+    and start the first decoder child, so the first upload is not the slow one. Needs no Redis:
+    ``run_worker`` does this while an embedded Redis is still starting.
+
+    Whisper is run once on silence only on a GPU, where the first call sets up the CUDA libraries.
+    On CPU that call costs a whole 30 s window's encoder pass (0.4–0.6 s on 2 cores, measured) and
+    the first job after it was no faster (jfk.flac and a 132 s file, each with and without it)."""
     import numpy as np
     from faster_whisper.vad import VadOptions, get_speech_timestamps, get_vad_model
 
@@ -70,8 +52,9 @@ def warm_up(runtime: WorkerRuntime) -> None:
             get_speech_timestamps(silence, VadOptions())
         spec = resolve_spec(runtime.settings)
         model = get_model(runtime.models, spec)
-        segments, _ = model.model.transcribe(silence, beam_size=1, language="en", vad_filter=False)
-        list(segments)
+        if spec.device != "cpu":
+            segments, _ = model.model.transcribe(silence, beam_size=1, language="en", vad_filter=False)
+            list(segments)
     except Exception as exc:
         log.warning("could not preload the VAD or ASR model: %s", exc)
         return

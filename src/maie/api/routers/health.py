@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from maie.config import Settings
-from maie.jobs.worker import live_workers
+from maie.jobs.workers import live_workers
 from maie.schemas.http import Check, Health, Readiness, ReadyChecks
 
 router = APIRouter(tags=["health"])
