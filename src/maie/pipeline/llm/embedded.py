@@ -62,7 +62,43 @@ def load_llama(path: Path, n_ctx: int, n_threads: int) -> Any:
     except Exception as exc:  # llama-cpp raises ValueError/RuntimeError for a bad or foreign file
         raise MaieError(ErrorCode.LLM_UNAVAILABLE, f"cannot load LLM model {path.name}: {exc}") from exc
     lazy_grammar.install(llama)
+    count_tokens(llama)
     return llama
+
+
+class TokenCount:
+    """What the last generation of one ``Llama`` really took: the prompt's tokens and those sampled."""
+
+    def __init__(self) -> None:
+        self.prompt = 0
+        self.completion = 0
+
+
+def count_tokens(llama: Any) -> TokenCount:
+    """Count tokens where llama-cpp-python makes them (``Llama.generate``: the prompt it is given, each
+    token it samples), on this instance; the count is ``llama.maie_tokens``.
+
+    A stream carries no usage, and its chunks are not tokens: a chunk holds back bytes that do not yet
+    decode (one UTF-8 character split across tokens) or may be a stop sequence, then comes out with
+    the next. Counting chunks reported 837 completion tokens for a generation of 1024."""
+    import llama_cpp
+
+    counts = TokenCount()
+    stock = llama.generate
+    vocab = llama._model.vocab
+
+    def generate(tokens: Any, *args: Any, **kwargs: Any) -> Any:
+        counts.prompt, counts.completion = len(tokens), 0
+        for token in stock(tokens, *args, **kwargs):
+            # An end-of-generation token ends the completion without being part of it (as
+            # llama-cpp-python's own usage counts it).
+            if not llama_cpp.llama_vocab_is_eog(vocab, token):
+                counts.completion += 1
+            yield token
+
+    llama.generate = generate
+    llama.maie_tokens = counts
+    return counts
 
 
 class EmbeddedClient:
@@ -97,8 +133,8 @@ class EmbeddedClient:
             grammar = LlamaGrammar.from_string(schema_to_gbnf(json_schema), verbose=False)
         started = time.perf_counter()
         parts: list[str] = []
-        tokens = 0
         finish_reason: str | None = None
+        counts: TokenCount = self._llama.maie_tokens
         try:
             with _GENERATE_LOCK:
                 if deadline is not None and time.monotonic() >= deadline:
@@ -117,13 +153,13 @@ class EmbeddedClient:
                         content = choice.get("delta", {}).get("content")
                         if content:
                             parts.append(content)
-                            tokens += 1
                         finish_reason = choice.get("finish_reason") or finish_reason
                         if deadline is not None and time.monotonic() >= deadline:
                             raise BudgetExceeded
                 finally:
                     stream.close()
-                evaluated = int(getattr(self._llama, "n_tokens", 0) or 0)
+                # Read under the lock: the next generation on this model resets them.
+                prompt_tokens, completion_tokens = counts.prompt, counts.completion
         except ValueError as exc:  # e.g. the prompt does not fit the context window
             raise MaieError(ErrorCode.PIPELINE_ERROR, f"embedded LLM refused the request: {exc}") from exc
         except Exception as exc:
@@ -131,9 +167,8 @@ class EmbeddedClient:
         return LlmReply(
             text="".join(parts),
             model=self.model_name,
-            # A stream carries no usage: what the context evaluated, less what was generated.
-            prompt_tokens=max(evaluated - tokens, 0),
-            completion_tokens=tokens,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
             time_s=time.perf_counter() - started,
             finish_reason=finish_reason,
         )
