@@ -605,7 +605,7 @@ def main() -> None:
     results: dict[tuple[str, int], list[UploadResult]] = {}
     try:
         # All servers run side by side and take turns, so load changes on the machine hit them alike.
-        servers = [start_server(kind, work, max_mb=max(sizes) // MiB + 64) for kind in kinds]
+        servers = [start_server(kind, work, max_mb=max(sizes) // MiB + 64) for kind in kinds] if sizes else []
         try:
             for size in sizes:
                 for _ in range(args.repeat):

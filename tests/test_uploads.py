@@ -643,3 +643,53 @@ def test_existing_dest_dir_is_kept_but_emptied(port: int, dest: Path, shared_aud
     reply, _ = post(port, dest, file_part(audio) + file_part(audio) + CLOSE)
     assert_error(reply, 400, ErrorCode.INVALID_MULTIPART)
     assert sorted(os.listdir(dest)) == ["keep.txt"]
+
+
+def test_writer_queue_is_bounded_across_uploads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many uploads at once against a slow disk: what waits for the writer threads stays near
+    MAX_QUEUED_BYTES in total (not MAX_IN_FLIGHT_BYTES per upload), every byte lands, and a sink that
+    is aborted mid-way gives its share back."""
+    import asyncio
+
+    from maie.storage import file as file_storage
+
+    limit = 4 * 1024 * 1024
+    monkeypatch.setattr(file_storage, "MAX_QUEUED_BYTES", limit)
+    real_write = file_storage._pwrite_all
+
+    def slow_write(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
+        time.sleep(0.002)  # a disk slower than the socket: the queue builds up
+        real_write(fd, data, offset)
+
+    monkeypatch.setattr(file_storage, "_pwrite_all", slow_write)
+    piece = 64 * 1024
+    uploads, pieces = 40, 32  # 40 x 2 MiB: 80 MiB would wait without the shared bound
+    peak = 0
+
+    async def one(n: int) -> None:
+        nonlocal peak
+        sink = file_storage.FileSink(tmp_path / f"t{n}", "wav")
+        for _ in range(pieces):
+            sink.submit(bytes([n]) * piece)
+            peak = max(peak, file_storage.QUEUED.bytes)
+            if sink.busy:
+                await sink.drain()
+            await asyncio.sleep(0)
+        if n % 10 == 0:
+            sink.abort()
+        else:
+            await sink.commit()
+
+    async def burst() -> None:
+        await asyncio.gather(*(one(n) for n in range(uploads)))
+
+    asyncio.run(burst())
+    assert peak <= limit + uploads * piece, f"{peak / 2**20:.1f} MiB waited for the writers"
+    assert peak > limit / 2  # the disk really was the bottleneck
+    assert file_storage.QUEUED.bytes == 0
+    for n in range(uploads):
+        path = tmp_path / f"t{n}" / "source.wav"
+        if n % 10 == 0:
+            assert not path.exists()
+        else:
+            assert path.read_bytes() == bytes([n]) * (piece * pieces)

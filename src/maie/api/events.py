@@ -137,9 +137,7 @@ class EventHub:
                 backoff = min(backoff * 2, 5.0)
             finally:
                 with contextlib.suppress(Exception):
-                    # redis-py leaves PubSub.aclose unannotated (its reset alias is typed, but aclose is
-                    # the documented close); the call is right, only its signature is missing.
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
                 with contextlib.suppress(Exception):
                     await client.aclose()
         self.connected.clear()

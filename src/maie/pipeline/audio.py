@@ -12,13 +12,16 @@ import logging
 import struct
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import av
 import numpy as np
 
 from maie.errors import ErrorCode, MaieError
-from maie.pipeline.context import SAMPLE_RATE, DecodedAudio, TaskContext
-from maie.schemas import TaskError, TaskStatus
+from maie.pipeline.decoded import SAMPLE_RATE, DecodedAudio
+
+if TYPE_CHECKING:
+    from maie.pipeline.context import TaskContext
 
 log = logging.getLogger(__name__)
 
@@ -275,6 +278,9 @@ def is_truncated(audio: DecodedAudio) -> bool:
 
 def decode_audio(ctx: TaskContext) -> DecodedAudio:
     """PREPROCESSING stage: decode ``ctx.audio_path``; a truncated file only adds a warning."""
+    # Here, not at the top: the decoder child imports this module and needs no pydantic.
+    from maie.schemas import TaskError, TaskStatus
+
     if ctx.audio_path is None:
         raise MaieError(ErrorCode.AUDIO_DECODE_ERROR, "the task has no audio file")
     ctx.report(TaskStatus.PREPROCESSING, 0.0)

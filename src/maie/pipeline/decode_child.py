@@ -31,7 +31,7 @@ from typing import IO, Any
 import numpy as np
 
 from maie.errors import ErrorCode, MaieError
-from maie.pipeline.context import ChannelFeatures, DecodedAudio
+from maie.pipeline.decoded import ChannelFeatures, DecodedAudio
 from maie.procs import die_with_parent
 
 CHILD_COMMAND = [sys.executable, "-m", "maie.pipeline.decode_child"]

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from maie.errors import ErrorCode, MaieError
-from maie.pipeline.context import SAMPLE_RATE, ChannelFeatures
+from maie.pipeline.decoded import SAMPLE_RATE, ChannelFeatures
 from maie.pipeline.diarization.speech import FRAME, FRAME_S, frames_to_regions, gate
 
 MIN_TURN_S = 0.2

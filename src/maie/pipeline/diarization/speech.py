@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from maie.pipeline.context import SAMPLE_RATE
+from maie.pipeline.decoded import SAMPLE_RATE
 
 FRAME_S = 0.03
 """webrtcvad accepts 10, 20 or 30 ms frames; 30 ms is the most reliable."""
