@@ -1,8 +1,4 @@
-"""Dependencies the routers declare: settings, task store, queue, the calling principal.
-
-All are ``async`` though none awaits: FastAPI runs a plain ``def`` dependency in its thread pool, a
-thread hop per dependency per request (four for an upload), which a burst of uploads pays in CPU and
-in waits for a free thread. None of them blocks: they read app state and compare keys."""
+"""Dependencies the routers declare: settings, task store, queue, the calling principal."""
 
 from __future__ import annotations
 
@@ -17,19 +13,19 @@ from maie.jobs.store import TaskStore
 from maie.principals import Principal
 
 
-async def get_settings(request: Request) -> Settings:
+def get_settings(request: Request) -> Settings:
     return cast(Settings, request.app.state.settings)
 
 
-async def get_store(request: Request) -> TaskStore:
+def get_store(request: Request) -> TaskStore:
     return cast(TaskStore, request.app.state.store)
 
 
-async def get_queue(request: Request) -> Queue:
+def get_queue(request: Request) -> Queue:
     return cast(Queue, request.app.state.queue)
 
 
-async def require_principal(request: Request) -> Principal:
+def require_principal(request: Request) -> Principal:
     principal = check_key(request.app.state.api_keys, presented_key(request))
     request.state.principal = principal
     return principal

@@ -29,7 +29,8 @@ MAX_IN_FLIGHT_BYTES = 2 * 1024 * 1024
 """Received bytes handed to the writer threads but not yet written; beyond this the sink is busy."""
 MAX_QUEUED_BYTES = 64 * 1024 * 1024
 """Received bytes of all uploads together waiting for the writers. Above it every upload with writes of
-its own pending is busy: without it, 1,000 concurrent 1 MiB uploads held +700 MiB here (measured)."""
+its own pending is busy. ``MAX_IN_FLIGHT_BYTES`` alone bounds only each upload: 2 MiB times every open
+connection (``MAIE_HTTP_MAX_CONNECTIONS``), 8 GiB at the default."""
 WRITE_THREADS = 4
 """Threads shared by all uploads for disk writes."""
 READ_BYTES = 256 * 1024
