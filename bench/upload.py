@@ -591,6 +591,7 @@ def main() -> None:
     parser.add_argument("--servers", default="uploadfile,stream-min,maie")
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench" / "out", help="on the disk to measure")
     parser.add_argument("--quick", action="store_true", help="skip the oversize run")
+    parser.add_argument("--results", type=Path, help="append the burst and refusal figures to this markdown file")
     args = parser.parse_args()
 
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -603,6 +604,7 @@ def main() -> None:
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; uvicorn h11 + asyncio in every server\n")
 
     results: dict[tuple[str, int], list[UploadResult]] = {}
+    summary: list[str] = []
     try:
         # All servers run side by side and take turns, so load changes on the machine hit them alike.
         servers = [start_server(kind, work, max_mb=max(sizes) // MiB + 64) for kind in kinds] if sizes else []
@@ -702,10 +704,14 @@ def main() -> None:
         for kind, seconds in burst_s.items():
             ratio = f" = {seconds / burst_s['uploadfile']:.2f}x plain" if "uploadfile" in burst_s else ""
             cpu_ratio = f" ({accept_cpu[kind] / accept_cpu['uploadfile']:.2f}x)" if "uploadfile" in accept_cpu else ""
-            print(
+            each = ", ".join(f"{o['seconds']:.1f}" for o in rounds[kind])
+            peak = max(o["rss_growth"] for o in rounds[kind]) / MiB
+            line = (
                 f"burst median of {args.burst_rounds} {kind:<10}: {seconds:.1f} s{ratio}; server CPU "
-                f"{accept_cpu[kind] * 1000:.1f} ms per upload{cpu_ratio}"
+                f"{accept_cpu[kind] * 1000:.1f} ms per upload{cpu_ratio}; peak RSS +{peak:.0f} MiB; rounds: {each} s"
             )
+            print(line)
+            summary.append(line)
         if "maie" in kinds and args.concurrent:
             # A full queue: every upload of the burst is refused (429 QUEUE_FULL) before its body is stored.
             print()
@@ -719,11 +725,18 @@ def main() -> None:
             statuses = outcome["statuses"]
             refused = statuses.get(429, 0)
             per_refusal = float(outcome["cpu_s"]) / max(1, refused)
-            print(
+            line = (
                 f"refusals  maie       {args.concurrent} x 1 MiB into a full queue (first upload: HTTP "
                 f"{next(iter(first), 'error')}): refused 429 {refused}, other {statuses}; server CPU "
                 f"{per_refusal * 1000:.1f} ms per refusal = {per_refusal / accept_cpu['maie']:.2f}x an acceptance"
             )
+            print(line)
+            summary.append(line)
+        if args.results and summary:
+            with args.results.open("a") as f:
+                head = f"{os.cpu_count()} cores; {args.burst_rounds} interleaved rounds, each server fresh"
+                body = "\n".join(summary)
+                f.write(f"\n## Upload burst, {time.strftime('%Y-%m-%d %H:%M')}\n\n{head}\n\n```\n{body}\n```\n")
     finally:
         _stop_moto()
         shutil.rmtree(work, ignore_errors=True)
