@@ -282,3 +282,41 @@ def test_llm_server_down_keeps_the_transcript(tmp_path: Path, shared_audio: Path
     codes = [w["code"] for w in record["warnings"]]
     assert codes == ["ENHANCE_FAILED", "SUMMARY_FAILED"]
     assert record["error"]["code"] == "ENHANCE_FAILED" and record["error"]["stage"] == "PROCESSING_LLM"
+
+
+def test_worker_stops_its_command_thread_within_a_poll(tmp_path: Path) -> None:
+    """A worker stopped just after rq's command channel was unsubscribed (a SIGTERM as a job ended) must
+    not wait out rq's 60 s read: in CI such a worker was still running 30 s after SIGTERM."""
+    import redis
+
+    from maie.jobs.queue import worker_queues
+    from maie.jobs.worker import COMMAND_POLL_S, MaieWorker
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        client = redis.Redis(port=port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        worker = MaieWorker(worker_queues(client), connection=client)
+        worker.subscribe()
+        time.sleep(0.3)
+        worker.pubsub.unsubscribe()
+        time.sleep(0.5)  # the thread reads the reply and starts its next read: the slow case
+        started = time.monotonic()
+        worker.unsubscribe()
+        took = time.monotonic() - started
+        assert took < COMMAND_POLL_S + 2, f"stopping the command thread took {took:.1f} s"
+        assert worker.pubsub_thread is not None and not worker.pubsub_thread.is_alive()
+    finally:
+        proc.terminate()
+        proc.wait()
