@@ -57,7 +57,7 @@ class _Queued:
     """Bytes handed to the writer threads and not yet written, summed over every sink."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()  # sinks live on the event loop, but abort may run from a thread
+        self.lock = threading.Lock()  # shared by the sinks of every event loop in the process, whatever its thread
         self.bytes = 0
 
     def add(self, n: int) -> None:
@@ -116,18 +116,20 @@ class FileSink:
         QUEUED.add(-size)
         future.result()  # a failed write raises here
 
+    async def _wait_oldest(self) -> None:
+        await asyncio.wrap_future(self.pending[0][0])
+        self._reap()
+
     async def _drain_to(self, limit: int) -> None:
         while self.in_flight > limit:
-            await asyncio.wrap_future(self.pending[0][0])
-            self._reap()
+            await self._wait_oldest()
 
     async def drain(self) -> None:
         await self._drain_to(MAX_IN_FLIGHT_BYTES // 2)
         # While all uploads together are over their share, each waits for its own writes: the oldest
         # are written first (one FIFO executor), so the total falls and every upload keeps moving.
         while self.in_flight > 0 and QUEUED.bytes > MAX_QUEUED_BYTES:
-            await asyncio.wrap_future(self.pending[0][0])
-            self._reap()
+            await self._wait_oldest()
 
     async def commit(self) -> StoredRef:
         await self._drain_to(0)
