@@ -11,7 +11,8 @@ _PR_SET_PDEATHSIG = 1
 
 
 def die_with_parent() -> None:
-    """preexec_fn: ask Linux to SIGTERM this child when its parent dies, even by SIGKILL."""
+    """preexec_fn: ask Linux to SIGTERM this child when its parent dies, even by SIGKILL. Linux ties this
+    to the thread that started the child: it fires when that thread ends, too."""
     if not sys.platform.startswith("linux"):
         return
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)

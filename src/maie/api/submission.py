@@ -30,7 +30,7 @@ from maie.config import Settings
 from maie.errors import ErrorCode, MaieError
 from maie.jobs import queue as jobs
 from maie.jobs.store import PREFIX, TaskStore, task_key
-from maie.pipeline.audio import check_channels
+from maie.pipeline.channels import check_channels
 from maie.principals import Principal
 from maie.schemas import TaskMetrics, TaskOptions
 from maie.storage import Storage, StoredRef, storage_for

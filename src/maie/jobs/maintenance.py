@@ -24,7 +24,6 @@ from maie.errors import ErrorCode
 from maie.jobs import queue as jobs
 from maie.jobs.outbox import notify_if_wanted
 from maie.jobs.store import ACTIVE_SET, PREFIX, TaskCorrupt, TaskStore, lease_key, task_key
-from maie.jobs.tasks import remove_task_files
 from maie.schemas import TaskError, TaskStatus
 from maie.storage import storage_for
 
@@ -148,7 +147,7 @@ def purge(store: TaskStore, settings: Settings, report: Report) -> None:
         completed = store.completed_epoch(task_id) if status is not None else None
         if completed is not None and completed > cutoff:
             continue
-        remove_task_files(settings, task_id)
+        storage_for(settings).delete(task_id)
         store.delete(task_id)
         report.purged += 1
     max_age_s = min(ORPHAN_UPLOAD_AGE_S, settings.retention_hours * 3600)

@@ -19,53 +19,12 @@ from maie.jobs.queue import connect, worker_queues
 from maie.jobs.redis_server import answers_within
 from maie.jobs.store import TaskStore, lease_key
 from maie.jobs.tasks import WorkerRuntime, set_runtime
+from maie.jobs.warmup import warm_up
 from maie.jobs.workers import WORKERS_KEY, worker_key
 from maie.pipeline.context import BudgetExceeded
 from maie.pipeline.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
-
-
-def warm_up(runtime: WorkerRuntime) -> None:
-    """Load the default ASR model and VAD before the first job, run VAD once on a second of silence,
-    and start the first decoder child, so the first upload is not the slow one. Needs no Redis:
-    ``run_worker`` does this while an embedded Redis is still starting.
-
-    Whisper is run once on silence only on a GPU, where the first call sets up the CUDA libraries.
-    On CPU that call costs a whole 30 s window's encoder pass (0.4–0.6 s on 2 cores, measured) and
-    the first job after it was no faster (jfk.flac and a 132 s file, each with and without it)."""
-    import numpy as np
-    from faster_whisper.vad import VadOptions, get_speech_timestamps, get_vad_model
-
-    from maie.pipeline.asr.whisper import get_model, resolve_spec
-    from maie.pipeline.context import SAMPLE_RATE
-    from maie.pipeline.vad import VAD_MODEL_KEY
-
-    if runtime.settings.decode_in_subprocess:
-        from maie.pipeline.decode_child import prepare
-
-        prepare()  # the first file's decoder child imports while the models load
-    silence = np.zeros(SAMPLE_RATE, dtype=np.float32)
-    try:
-        if runtime.settings.vad.enabled:
-            runtime.models.get(VAD_MODEL_KEY, get_vad_model)
-            get_speech_timestamps(silence, VadOptions())
-        spec = resolve_spec(runtime.settings)
-        model = get_model(runtime.models, spec)
-        if spec.device != "cpu":
-            segments, _ = model.model.transcribe(silence, beam_size=1, language="en", vad_filter=False)
-            list(segments)
-    except Exception as exc:
-        log.warning("could not preload the VAD or ASR model: %s", exc)
-        return
-    if spec.device == "cpu":
-        log.info(
-            "ASR on %d of this machine's cores: %d block(s) at once x %d thread(s) (MAIE_WORKER_CORES, "
-            "MAIE_WORKERS_PER_HOST, MAIE_ASR__WHISPER_PARALLEL_BLOCKS, MAIE_ASR__WHISPER_CPU_THREADS)",
-            runtime.settings.cores_per_worker,
-            spec.workers,
-            spec.cpu_threads,
-        )
 
 
 class HardDeadline(UnixSignalDeathPenalty):
@@ -148,14 +107,28 @@ REDIS_WAIT_S = 30.0
 workers and the embedded Redis at once; its supervisor restarts a worker that gave up)."""
 
 
-def run_worker(settings: Settings, *, burst: bool = False, name: str | None = None) -> None:
+def run_worker(
+    settings: Settings,
+    *,
+    burst: bool = False,
+    name: str | None = None,
+    models: ModelRegistry | None = None,
+    warming: threading.Thread | None = None,
+) -> None:
+    """Warm up, wait for Redis, then take jobs until stopped. ``models`` and ``warming``: a registry
+    whose warm-up (``maie.jobs.warmup.start_warm_up``) the caller started before importing this module."""
     if not settings.redis_url:
         raise SystemExit("maie worker needs MAIE_REDIS_URL (maie serve starts its own workers)")
     client = connect(settings.redis_url)
     name = name or f"maie-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    runtime = WorkerRuntime(settings=settings, store=TaskStore(client), models=ModelRegistry(), name=name)
+    models = models if models is not None else ModelRegistry()
+    runtime = WorkerRuntime(settings=settings, store=TaskStore(client), models=models, name=name)
     set_runtime(runtime)
-    warm_up(runtime)  # before Redis: models load while an embedded Redis starts beside them
+    # Before Redis: models load while an embedded Redis starts beside them.
+    if warming is not None:
+        warming.join()
+    else:
+        warm_up(settings, models)
     if not answers_within(client, REDIS_WAIT_S):
         # One line, not redis-py's traceback (``maie serve``'s supervisor starts the worker again).
         raise SystemExit(f"worker {name}: Redis did not answer within {REDIS_WAIT_S:.0f}s")

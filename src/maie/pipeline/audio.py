@@ -18,6 +18,7 @@ import av
 import numpy as np
 
 from maie.errors import ErrorCode, MaieError
+from maie.pipeline.channels import check_channels
 from maie.pipeline.decoded import SAMPLE_RATE, DecodedAudio
 
 if TYPE_CHECKING:
@@ -30,9 +31,6 @@ TRUNCATED_RATIO = 0.9
 PROGRESS_STEPS = 20
 """Most progress reports sent while decoding one file."""
 _MIN_CAPACITY = SAMPLE_RATE * 10
-MAX_CHANNELS = 64
-"""Most channels a file may have: FFmpeg's resampler takes at most 64 (SWR_CH_MAX); above, its
-layouts are unnamed or missing and conversion fails."""
 
 
 class _SampleBuffer:
@@ -253,21 +251,6 @@ def decode_file(
         declared_duration_s=declared,
         channel_features=analyzer.finish() if analyzer is not None else None,
     )
-
-
-def check_channels(channels: int, *, by_channel: bool, max_channels: int | None) -> None:
-    """Raise AUDIO_TOO_MANY_CHANNELS for more channels than decoding (``MAX_CHANNELS``) or, when
-    diarizing by channel, ``max_channels`` allows. The API calls it on the header at submit."""
-    if channels > MAX_CHANNELS:
-        raise MaieError(
-            ErrorCode.AUDIO_TOO_MANY_CHANNELS,
-            f"the audio has {channels} channels; at most {MAX_CHANNELS} are supported",
-        )
-    if by_channel and max_channels is not None and channels > max_channels:
-        raise MaieError(
-            ErrorCode.AUDIO_TOO_MANY_CHANNELS,
-            f"diarizing by channel takes at most {max_channels} channels; the audio has {channels}",
-        )
 
 
 def is_truncated(audio: DecodedAudio) -> bool:

@@ -91,7 +91,8 @@ SPARE = _Spare()
 
 
 def prepare() -> None:
-    """Start the child for the first file now (the worker's warm-up calls this)."""
+    """Start the child for the first file now (the worker's warm-up calls this), from the thread that
+    will decode: the child gets SIGTERM when the thread that started it ends (``die_with_parent``)."""
     SPARE.refill()
 
 

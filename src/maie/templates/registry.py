@@ -33,17 +33,20 @@ import shutil
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import re2
-from jsonschema import Draft202012Validator, ValidationError
-from jsonschema.validators import validator_for
 
 from maie.config import Settings
 from maie.errors import ErrorCode, MaieError
 from maie.principals import KEY_NAME, Principal
 from maie.templates.limits import MAX_EXAMPLE_CHARS, MAX_ITEMS, MAX_SCHEMA_CHARS
-from maie.templates.sandbox import PromptError, check_prompt, render_prompt
+
+if TYPE_CHECKING:
+    from jsonschema import ValidationError
+
+# jsonschema and the Jinja sandbox are imported where a template is validated or rendered: the API
+# imports this module at start-up, and a task without a template needs neither (~100 ms, measured).
 from maie.templates.schema_bounds import (
     SchemaBoundError,
     check_json_shape,
@@ -108,6 +111,8 @@ class Template:
         example (``full``), one derived from the schema with ``<...>`` placeholders for every value
         (``placeholder``: the form without content a small model could copy), or none (``none``:
         the variable is empty; the built-in prompts then leave out the whole example paragraph)."""
+        from maie.templates.sandbox import render_prompt
+
         return render_prompt(
             self.prompt,
             transcript=transcript,
@@ -222,6 +227,8 @@ def _validate(prompt: Any, schema: Any, example: Any, meta: dict[str, Any] | Non
 
     if not isinstance(prompt, str):
         raise invalid("prompt must be a string")
+    from maie.templates.sandbox import PromptError, check_prompt
+
     try:
         check_prompt(prompt)
         probe = Template("probe", "", "", None, False, prompt, schema, example)
@@ -240,7 +247,9 @@ def _validate(prompt: Any, schema: Any, example: Any, meta: dict[str, Any] | Non
 def _meta_schema_error(schema: dict[str, Any]) -> str | None:
     """Like ``check_schema``, with the ``regex`` format checked by RE2 (the patterns it accepts are
     the ones validation will run)."""
+    from jsonschema import Draft202012Validator
     from jsonschema.exceptions import best_match
+    from jsonschema.validators import validator_for
 
     cls = validator_for(schema, default=Draft202012Validator)
     checker = copy.copy(cls.FORMAT_CHECKER)

