@@ -166,9 +166,9 @@ def worker(
     burst: Annotated[bool, typer.Option(help="Exit when the queue is empty.")] = False,
 ) -> None:
     """Process jobs from MAIE_REDIS_URL with warm models (scaled-out deployments run many)."""
-    from maie.jobs.worker import run_worker
+    from maie.jobs.warmup import launch_worker
 
-    run_worker(_settings(), burst=burst)
+    launch_worker(_settings(), burst=burst)
 
 
 @app.command()

@@ -24,14 +24,9 @@ def main(argv: list[str]) -> int:
     from maie.logs import configure_logging
 
     configure_logging(settings)
-    from maie.jobs.warmup import start_warm_up
-    from maie.pipeline.registry import ModelRegistry
+    from maie.jobs.warmup import launch_worker
 
-    models = ModelRegistry()
-    warming = start_warm_up(settings, models)
-    from maie.jobs.worker import run_worker  # imported beside the model load
-
-    run_worker(settings, models=models, warming=warming)
+    launch_worker(settings)
     return 0
 
 

@@ -74,3 +74,13 @@ def start_warm_up(settings: Settings, models: ModelRegistry) -> threading.Thread
     )
     thread.start()
     return thread
+
+
+def launch_worker(settings: Settings, *, burst: bool = False) -> None:
+    """``maie worker`` and the workers ``maie serve`` starts: the warm-up begun, then RQ, Redis and the
+    task store imported beside the model load, then ``run_worker`` (which waits for the warm-up)."""
+    models = ModelRegistry()
+    warming = start_warm_up(settings, models)
+    from maie.jobs.worker import run_worker  # here, not at the top: imported while the models load
+
+    run_worker(settings, burst=burst, models=models, warming=warming)
