@@ -27,13 +27,20 @@ def llama() -> Llama:
     return load_llama(bundled_gguf_path(), n_ctx=2048, n_threads=1)
 
 
-def _stock_usage(llama: Llama, prompt: str, max_tokens: int) -> tuple[dict[str, Any], int]:
-    """llama-cpp-python's own usage (not streamed), and how many content chunks the stream has."""
+def _stock_usage(llama: Llama, prompt: str, max_tokens: int) -> tuple[dict[str, Any], str, int]:
+    """llama-cpp-python's own usage (not streamed), its text, and how many content chunks the stream has.
+
+    Each generation starts from an empty cache (``reset``): one that reuses the previous call's prompt
+    prefix computes the rest in other batches, and greedy decoding then parted at a near-tie ("Say
+    hello." gave 26 tokens alone, 32 after another call; llama-cpp-python 0.3.36)."""
     messages: Any = [{"role": "user", "content": prompt}]
+    llama.reset()
     out: Any = llama.create_chat_completion(messages=messages, max_tokens=max_tokens, temperature=0.0)
+    llama.reset()
     stream: Any = llama.create_chat_completion(messages=messages, max_tokens=max_tokens, temperature=0.0, stream=True)
     chunks = sum(1 for chunk in stream if chunk["choices"][0].get("delta", {}).get("content"))
-    return out["usage"], chunks
+    llama.reset()
+    return out["usage"], out["choices"][0]["message"]["content"], chunks
 
 
 @pytest.mark.parametrize("max_tokens", [40, 200])  # stopped by the limit, and by the model
@@ -41,10 +48,11 @@ def test_usage_counts_tokens_not_chunks(llama: Llama, max_tokens: int) -> None:
     client = EmbeddedClient(llama, "smollm2")
     chunk_count_was_wrong = False
     for prompt in PROMPTS:
-        want, chunks = _stock_usage(llama, prompt, max_tokens)
+        want, text, chunks = _stock_usage(llama, prompt, max_tokens)
         reply = client.chat(
             [{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=0.0, top_k=None, json_schema=None
         )
+        assert reply.text == text  # the same generation, so the same count is due
         assert (reply.prompt_tokens, reply.completion_tokens) == (want["prompt_tokens"], want["completion_tokens"])
         chunk_count_was_wrong |= chunks != want["completion_tokens"]
     assert chunk_count_was_wrong  # the case this guards against really happened
