@@ -182,7 +182,7 @@ def _run(rt: WorkerRuntime, record: TaskRecord, reporter: Reporter, budget: floa
     except Cancelled:
         log.info("task %s cancelled", task_id)
         with contextlib.suppress(MaieError):  # the canceller deletes them too; a storage hiccup is no failure
-            remove_task_files(settings, task_id)
+            storage_for(settings).delete(task_id)
         return TaskStatus.CANCELLED
     except (BudgetExceeded, JobTimeoutException):
         # JobTimeoutException only from a worker other than ours (ours raises BudgetExceeded).
@@ -226,8 +226,3 @@ def _fail(store: TaskStore, task_id: str, code: ErrorCode, message: str, reporte
     if not store.fail(task_id, TaskError(code=code.value, message=message, stage=stage)):
         return TaskStatus.CANCELLED  # the cancel got there first
     return TaskStatus.FAILED
-
-
-def remove_task_files(settings: Settings, task_id: str) -> None:
-    """Delete the task's stored audio (file or S3 object). Raises MaieError when S3 fails."""
-    storage_for(settings).delete(task_id)

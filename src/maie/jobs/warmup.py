@@ -14,10 +14,9 @@ from maie.pipeline.registry import ModelRegistry
 log = logging.getLogger(__name__)
 
 
-def warm_up(settings: Settings, models: ModelRegistry, *, start_decoder: bool = True) -> None:
-    """Load the default ASR model and VAD, run VAD once on a second of silence, and start the first
-    decoder child, so the first upload is not the slow one. Needs no Redis: a worker does this while an
-    embedded Redis is still starting.
+def warm_up(settings: Settings, models: ModelRegistry) -> None:
+    """Load the default ASR model and VAD and run VAD once on a second of silence, so the first upload
+    is not the slow one. Needs no Redis: a worker does this while an embedded Redis is still starting.
 
     Whisper is run once on silence only on a GPU, where the first call sets up the CUDA libraries.
     On CPU that call costs a whole 30 s window's encoder pass (0.4–0.6 s on 2 cores, measured) and
@@ -29,8 +28,6 @@ def warm_up(settings: Settings, models: ModelRegistry, *, start_decoder: bool = 
     from maie.pipeline.context import SAMPLE_RATE
     from maie.pipeline.vad import VAD_MODEL_KEY
 
-    if start_decoder:
-        start_decoder_child(settings)
     silence = np.zeros(SAMPLE_RATE, dtype=np.float32)
     try:
         if settings.vad.enabled:
@@ -69,9 +66,7 @@ def start_warm_up(settings: Settings, models: ModelRegistry) -> threading.Thread
     """``warm_up`` in a thread of its own (the decoder child started here, in the caller's thread);
     join it before the first job."""
     start_decoder_child(settings)
-    thread = threading.Thread(
-        target=warm_up, args=(settings, models), kwargs={"start_decoder": False}, name="maie-warm-up", daemon=True
-    )
+    thread = threading.Thread(target=warm_up, args=(settings, models), name="maie-warm-up", daemon=True)
     thread.start()
     return thread
 

@@ -19,7 +19,6 @@ from maie.jobs.queue import connect, worker_queues
 from maie.jobs.redis_server import answers_within
 from maie.jobs.store import TaskStore, lease_key
 from maie.jobs.tasks import WorkerRuntime, set_runtime
-from maie.jobs.warmup import warm_up
 from maie.jobs.workers import WORKERS_KEY, worker_key
 from maie.pipeline.context import BudgetExceeded
 from maie.pipeline.registry import ModelRegistry
@@ -112,23 +111,19 @@ def run_worker(
     *,
     burst: bool = False,
     name: str | None = None,
-    models: ModelRegistry | None = None,
-    warming: threading.Thread | None = None,
+    models: ModelRegistry,
+    warming: threading.Thread,
 ) -> None:
-    """Warm up, wait for Redis, then take jobs until stopped. ``models`` and ``warming``: a registry
-    whose warm-up (``maie.jobs.warmup.start_warm_up``) the caller started before importing this module."""
+    """Wait for the warm-up, then for Redis, then take jobs until stopped. ``models`` and ``warming``: a
+    registry and its warm-up (``maie.jobs.warmup.start_warm_up``), begun before this module was imported
+    (``maie.jobs.warmup.launch_worker``)."""
     if not settings.redis_url:
         raise SystemExit("maie worker needs MAIE_REDIS_URL (maie serve starts its own workers)")
     client = connect(settings.redis_url)
     name = name or f"maie-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    models = models if models is not None else ModelRegistry()
     runtime = WorkerRuntime(settings=settings, store=TaskStore(client), models=models, name=name)
     set_runtime(runtime)
-    # Before Redis: models load while an embedded Redis starts beside them.
-    if warming is not None:
-        warming.join()
-    else:
-        warm_up(settings, models)
+    warming.join()  # before Redis: models load while an embedded Redis starts beside them
     if not answers_within(client, REDIS_WAIT_S):
         # One line, not redis-py's traceback (``maie serve``'s supervisor starts the worker again).
         raise SystemExit(f"worker {name}: Redis did not answer within {REDIS_WAIT_S:.0f}s")

@@ -41,12 +41,6 @@ from maie.config import Settings
 from maie.errors import ErrorCode, MaieError
 from maie.principals import KEY_NAME, Principal
 from maie.templates.limits import MAX_EXAMPLE_CHARS, MAX_ITEMS, MAX_SCHEMA_CHARS
-
-if TYPE_CHECKING:
-    from jsonschema import ValidationError
-
-# jsonschema and the Jinja sandbox are imported where a template is validated or rendered: the API
-# imports this module at start-up, and a task without a template needs neither (~100 ms, measured).
 from maie.templates.schema_bounds import (
     SchemaBoundError,
     check_json_shape,
@@ -54,6 +48,12 @@ from maie.templates.schema_bounds import (
     compiled_pattern,
     validator_class,
 )
+
+if TYPE_CHECKING:
+    from jsonschema import ValidationError
+
+# jsonschema and the Jinja sandbox are imported where a template is validated or rendered: the API
+# imports this module at start-up, and a task without a template needs neither (~100 ms, measured).
 
 log = logging.getLogger(__name__)
 
